@@ -1,0 +1,113 @@
+#if _endian(big)
+#error("Xen rings are little-endian; xenback decodes them as the host's native order")
+#endif
+
+/// `BLKIF_OP_*`: the operation byte of a request. Unknown values are kept, so
+/// a backend can answer them with `BLKIF_RSP_EOPNOTSUPP`.
+@frozen
+public struct BlockOperation: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt8
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let read = BlockOperation(rawValue: 0)
+    public static let write = BlockOperation(rawValue: 1)
+    /// Write, ordered after every earlier write reached the medium.
+    public static let writeBarrier = BlockOperation(rawValue: 2)
+    /// Flush the device's write cache (optionally with data segments).
+    public static let flushDiskCache = BlockOperation(rawValue: 3)
+    /// Used by SLES frontends for an unrelated purpose; never valid here.
+    public static let reserved1 = BlockOperation(rawValue: 4)
+    public static let discard = BlockOperation(rawValue: 5)
+    /// Segments live in granted pages (`blkif_request_indirect`).
+    public static let indirect = BlockOperation(rawValue: 6)
+
+    public var description: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .writeBarrier: "write-barrier"
+        case .flushDiskCache: "flush-diskcache"
+        case .reserved1: "reserved-1"
+        case .discard: "discard"
+        case .indirect: "indirect"
+        default: "unknown-op-\(rawValue)"
+        }
+    }
+}
+
+/// `BLKIF_RSP_*`: a response's status.
+@frozen
+public struct BlockStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: Int16
+    @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
+
+    public static let okay = BlockStatus(rawValue: 0)
+    public static let error = BlockStatus(rawValue: -1)
+    /// Operation not supported (unknown op, barrier or discard unavailable).
+    public static let notSupported = BlockStatus(rawValue: -2)
+
+    public var description: String {
+        switch self {
+        case .okay: "okay"
+        case .error: "error"
+        case .notSupported: "eopnotsupp"
+        default: "status-\(rawValue)"
+        }
+    }
+}
+
+/// `VDISK_*` bits of the backend's `info` key.
+public struct VirtualDiskInfo: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let cdrom = VirtualDiskInfo(rawValue: 1)
+    public static let removable = VirtualDiskInfo(rawValue: 2)
+    public static let readOnly = VirtualDiskInfo(rawValue: 4)
+}
+
+/// Protocol limits from blkif.h.
+public enum BlockLimits {
+    /// `BLKIF_MAX_SEGMENTS_PER_REQUEST`: chosen so 32 requests fit one page.
+    public static let maxSegmentsPerRequest = 11
+    /// `BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`.
+    public static let maxIndirectPagesPerRequest = 8
+    /// Segments in one indirect page: 4096 / 8.
+    public static let segmentsPerIndirectPage = 512
+    /// Ring sector fields and the `sectors` key are always in these units
+    /// (the 2024 reconciliation of blkif.h); `sector-size` only sets segment
+    /// granularity and alignment.
+    public static let ringSectorSize = 512
+    /// `first_sect`/`last_sect` index 512-byte sectors within one 4 KiB page.
+    public static let sectorsPerPage = 8
+    /// `BLKIF_DISCARD_SECURE`.
+    public static let discardSecureFlag: UInt8 = 1
+}
+
+/// The `protocol` key a frontend writes: which struct layout its ring uses.
+public enum BlockProtocolABI: String, Sendable, CaseIterable {
+    /// `XEN_IO_PROTO_ABI_X86_32`: i386 layout (64-bit fields 4-aligned, 108-byte requests).
+    case x86_32 = "x86_32-abi"
+    /// `XEN_IO_PROTO_ABI_X86_64`: x86_64 layout (112-byte requests); native here.
+    case x86_64 = "x86_64-abi"
+
+    /// Linux blkback's `BLKIF_PROTOCOL_DEFAULT` on x86 when the key is absent:
+    /// old frontends that write no key are 32-bit.
+    public static let defaultWhenAbsent = BlockProtocolABI.x86_32
+
+    /// Parses the frontend's `protocol` key; nil means absent.
+    public static func parse(xenstoreValue value: String?) throws(BlockProtocolError) -> BlockProtocolABI {
+        guard let value else { return defaultWhenAbsent }
+        guard let abi = BlockProtocolABI(rawValue: value) else { throw .unknownProtocol(value) }
+        return abi
+    }
+}
+
+public enum BlockProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
+    case unknownProtocol(String)
+    public var description: String {
+        switch self {
+        case .unknownProtocol(let v):
+            "frontend 'protocol' is \"\(v)\"; expected \"x86_32-abi\" or \"x86_64-abi\""
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import Synchronization
+
+/// The wire format of one ring type (what `DEFINE_RING_TYPES` names in C):
+/// the size of a slot (the union of request and response) and how each
+/// message is decoded from, and encoded into, the bytes of a slot.
+///
+/// Decoding always reads a private copy of the slot, never the shared page;
+/// encoding always writes into a zeroed private slot that is then copied out.
+public protocol RingLayout {
+    associatedtype Request
+    associatedtype Response
+    /// `sizeof(union entry)`: the stride between slots. A multiple of 4, at
+    /// most `RingEntryBuffer.capacity`.
+    static var entrySize: Int { get }
+    /// Decodes a request from a private copy of a slot (`entrySize` bytes).
+    static func decodeRequest(from slot: UnsafeRawPointer) -> Request
+    /// Encodes a request into a zeroed private slot (`entrySize` bytes).
+    static func encodeRequest(_ request: Request, into slot: UnsafeMutableRawPointer)
+    /// Decodes a response from a private copy of a slot.
+    static func decodeResponse(from slot: UnsafeRawPointer) -> Response
+    /// Encodes a response into a zeroed private slot.
+    static func encodeResponse(_ response: Response, into slot: UnsafeMutableRawPointer)
+}
+
+/// Private, stack-resident room for one slot: the copy that is validated, so
+/// that the peer cannot change a field between check and use (XSA-155).
+@frozen
+public struct RingEntryBuffer {
+    public static let capacity = 128
+    @usableFromInline var words: InlineArray<16, UInt64>
+
+    @inlinable
+    public init() { words = InlineArray(repeating: 0) }
+
+    /// Copies `byteCount` bytes out of a shared slot, each word read once by a
+    /// relaxed atomic load, so the compiler can neither re-read the guest's
+    /// memory later nor tear a field it has checked. Ordering against the
+    /// producer index comes from the caller's acquiring load of that index.
+    @inlinable
+    public mutating func copy(fromShared source: UnsafeRawPointer, byteCount: Int) {
+        withUnsafeMutableBytes { destination in
+            if byteCount & 7 == 0 {
+                for offset in stride(from: 0, to: byteCount, by: 8) {
+                    // SAFETY: source is an 8-aligned slot inside the borrowed ring mapping.
+                    let word = (source + offset).assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .relaxed)
+                    destination.storeBytes(of: word, toByteOffset: offset, as: UInt64.self)
+                }
+            } else {
+                for offset in stride(from: 0, to: byteCount, by: 4) {
+                    // SAFETY: source is a 4-aligned slot inside the borrowed ring mapping.
+                    let word = (source + offset).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .relaxed)
+                    destination.storeBytes(of: word, toByteOffset: offset, as: UInt32.self)
+                }
+            }
+        }
+    }
+
+    /// Writes `byteCount` bytes of this buffer into a shared slot. The peer may
+    /// be reading it (a hostile one may), so the stores are atomic too; the
+    /// caller's releasing store of the producer index publishes them.
+    @inlinable
+    public func copy(toShared destination: UnsafeMutableRawPointer, byteCount: Int) {
+        withUnsafeBytes { source in
+            if byteCount & 7 == 0 {
+                for offset in stride(from: 0, to: byteCount, by: 8) {
+                    let word = source.load(fromByteOffset: offset, as: UInt64.self)
+                    // SAFETY: destination is an 8-aligned slot inside the borrowed ring mapping.
+                    (destination + offset).assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(word, ordering: .relaxed)
+                }
+            } else {
+                for offset in stride(from: 0, to: byteCount, by: 4) {
+                    let word = source.load(fromByteOffset: offset, as: UInt32.self)
+                    // SAFETY: destination is a 4-aligned slot inside the borrowed ring mapping.
+                    (destination + offset).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.store(word, ordering: .relaxed)
+                }
+            }
+        }
+    }
+
+    /// Scoped access to the private bytes; the pointer must not escape `body`.
+    @inlinable
+    public mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
+        try Swift.withUnsafeMutablePointer(to: &words) { try body(UnsafeMutableRawPointer($0)) }
+    }
+
+    /// Scoped read-only access to the private bytes.
+    @inlinable
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawPointer) throws -> R) rethrows -> R {
+        try Swift.withUnsafePointer(to: words) { try body(UnsafeRawPointer($0)) }
+    }
+}
+
+extension RingLayout {
+    @inlinable
+    static func checkGeometry(_ memory: SharedRingMemory) throws(RingError) -> UInt32 {
+        guard entrySize > 0, entrySize % 4 == 0, entrySize <= RingEntryBuffer.capacity else {
+            throw .invalidGeometry(byteCount: memory.byteCount, entrySize: entrySize,
+                                   reason: "entry size must be a positive multiple of 4 up to \(RingEntryBuffer.capacity)")
+        }
+        let size = SharedRingMemory.ringSize(byteCount: memory.byteCount, entrySize: entrySize)
+        guard size > 0 else {
+            throw .invalidGeometry(byteCount: memory.byteCount, entrySize: entrySize, reason: "no entry fits")
+        }
+        return size
+    }
+
+    /// Copies the slot out once and decodes the private copy.
+    @inlinable
+    static func copyRequest(from slot: UnsafeRawPointer) -> Request {
+        var copy = RingEntryBuffer()
+        copy.copy(fromShared: slot, byteCount: entrySize)
+        return copy.withUnsafeBytes { decodeRequest(from: $0) }
+    }
+
+    @inlinable
+    static func copyResponse(from slot: UnsafeRawPointer) -> Response {
+        var copy = RingEntryBuffer()
+        copy.copy(fromShared: slot, byteCount: entrySize)
+        return copy.withUnsafeBytes { decodeResponse(from: $0) }
+    }
+
+    /// Encodes into a zeroed private slot and writes the whole slot, so no
+    /// stale byte or struct padding reaches the peer (XSA-216).
+    @inlinable
+    static func writeResponse(_ response: Response, to slot: UnsafeMutableRawPointer) {
+        var staged = RingEntryBuffer()
+        staged.withUnsafeMutableBytes { encodeResponse(response, into: $0) }
+        staged.copy(toShared: slot, byteCount: entrySize)
+    }
+
+    @inlinable
+    static func writeRequest(_ request: Request, to slot: UnsafeMutableRawPointer) {
+        var staged = RingEntryBuffer()
+        staged.withUnsafeMutableBytes { encodeRequest(request, into: $0) }
+        staged.copy(toShared: slot, byteCount: entrySize)
+    }
+}

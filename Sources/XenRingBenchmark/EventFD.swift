@@ -1,0 +1,97 @@
+import CXenShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An eventfd standing in for an event channel: `notify` is
+/// EVTCHNOP_send, `wait` is sleeping until the port is pending.
+public struct EventFD: ~Copyable {
+    public let fd: Int32
+
+    public init() throws(PeerError) {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC))
+        guard fd >= 0 else { throw .system("eventfd", errno) }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+}
+
+/// Why a peer run stopped early.
+public enum PeerError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The other end published an impossible producer index.
+    case overflow(String)
+    /// Slept 10 s with no event: a lost wakeup, i.e. a notify-check bug.
+    case lostWakeup
+    case system(String, Int32)
+
+    public var description: String {
+        switch self {
+        case .overflow(let s): "ring overflow: \(s)"
+        case .lostWakeup: "no event for 10 s after a final check: lost wakeup"
+        case .system(let call, let e): "\(call) failed: \(String(cString: strerror(e)))"
+        }
+    }
+}
+
+@usableFromInline
+enum EventChannelSim {
+    @usableFromInline
+    static func kick(_ fd: Int32) throws(PeerError) {
+        var one: UInt64 = 1
+        guard write(fd, &one, 8) == 8 else { throw .system("write(eventfd)", errno) }
+    }
+
+    /// Waits up to 10 s for a kick, then drains it.
+    @usableFromInline
+    static func wait(_ fd: Int32) throws(PeerError) {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var n: Int32
+        repeat { n = poll(&p, 1, 10_000) } while n < 0 && errno == EINTR
+        if n == 0 { throw .lostWakeup }
+        guard n > 0 else { throw .system("poll", errno) }
+        var count: UInt64 = 0
+        guard read(fd, &count, 8) == 8 else { throw .system("read(eventfd)", errno) }
+    }
+}
+
+/// A joinable pthread running a closure (no Foundation on the data path).
+public struct JoinableThread: ~Copyable {
+    private var thread: pthread_t
+
+    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+
+    public init(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            // SAFETY: arg is the retained Box passed below; this thread takes ownership.
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, box)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        self.thread = thread
+    }
+
+    public consuming func join() {
+        pthread_join(thread, nil)
+        discard self
+    }
+
+    deinit { pthread_join(thread, nil) }
+}
+
+/// Page-aligned anonymous memory standing in for a granted ring area.
+public final class RingPages: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let byteCount: Int
+
+    public init(pageCount: Int) {
+        byteCount = pageCount * 4096
+        let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        precondition(p != MAP_FAILED, "mmap of \(pageCount) ring pages failed")
+        base = p!
+    }
+
+    deinit { munmap(base, byteCount) }
+}

@@ -1,0 +1,174 @@
+import CXenRingReference
+import Synchronization
+import XenBlockProtocol
+import XenRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `xenback bench ring`: one frontend thread and one backend thread pass
+/// blkif requests over a shared ring, once with our Swift rings and once with
+/// Xen's ring.h macros in C, alternately, in the same process.
+public struct RingBenchmark: Sendable {
+    public enum Implementation: String, Sendable { case swift, c }
+
+    public struct Configuration: Sendable {
+        public var mode: WaitMode
+        public var requests: UInt64
+        public var pages: Int
+        public var rounds: Int
+        public init(mode: WaitMode, requests: UInt64, pages: Int, rounds: Int) {
+            self.mode = mode; self.requests = requests; self.pages = pages; self.rounds = rounds
+        }
+    }
+
+    public struct Run: Sendable {
+        public var implementation: Implementation
+        public var seconds: Double
+        public var requestsPerSecond: Double
+        public var frontend: PeerStats
+        public var backend: PeerStats
+        public var mallocs: Int?
+    }
+
+    public struct Report: Sendable {
+        public var configuration: Configuration
+        public var runs: [Run]
+        public var ringSize: UInt32
+
+        func median(_ impl: Implementation) -> Double {
+            let v = runs.filter { $0.implementation == impl }.map(\.requestsPerSecond).sorted()
+            return v.isEmpty ? 0 : v[v.count / 2]
+        }
+        public var swiftRequestsPerSecond: Double { median(.swift) }
+        public var cRequestsPerSecond: Double { median(.c) }
+        public var ratio: Double { cRequestsPerSecond > 0 ? swiftRequestsPerSecond / cRequestsPerSecond : 0 }
+        /// Mallocs per request over every Swift run; nil if the counter is inactive.
+        public var allocationsPerRequest: Double? {
+            let swiftRuns = runs.filter { $0.implementation == .swift }
+            var total = 0
+            for r in swiftRuns { guard let m = r.mallocs else { return nil }; total += m }
+            return Double(total) / Double(configuration.requests * UInt64(swiftRuns.count))
+        }
+        public func notificationsPerRequest(_ impl: Implementation) -> Double {
+            let r = runs.filter { $0.implementation == impl }
+            let n = r.reduce(0) { $0 + $1.frontend.notifications + $1.backend.notifications }
+            return Double(n) / Double(configuration.requests * UInt64(max(r.count, 1)))
+        }
+        public var failures: [String] {
+            runs.flatMap { run -> [String] in
+                var f: [String] = []
+                if let e = run.frontend.error { f.append("\(run.implementation) frontend: \(e)") }
+                if let e = run.backend.error { f.append("\(run.implementation) backend: \(e)") }
+                if run.frontend.badResponses > 0 { f.append("\(run.implementation): \(run.frontend.badResponses) bad responses") }
+                if run.frontend.completed != configuration.requests { f.append("\(run.implementation): \(run.frontend.completed) of \(configuration.requests) completed") }
+                return f
+            }
+        }
+    }
+
+    public let configuration: Configuration
+    public init(_ configuration: Configuration) { self.configuration = configuration }
+
+    public func run(progress: (Run) -> Void = { _ in }) throws -> Report {
+        var runs: [Run] = []
+        for _ in 0..<configuration.rounds {
+            for impl in [Implementation.c, .swift] {
+                let r = try runOnce(impl)
+                progress(r)
+                runs.append(r)
+            }
+        }
+        let size = SharedRingMemory.ringSize(byteCount: configuration.pages * 4096, entrySize: BlockRingX86_64.entrySize)
+        return Report(configuration: configuration, runs: runs, ringSize: size)
+    }
+
+    func runOnce(_ impl: Implementation) throws -> Run {
+        let pages = RingPages(pageCount: configuration.pages)
+        let memory = try SharedRingMemory(base: pages.base, pageCount: configuration.pages)
+        let start = RingIndex(0)
+        switch impl {
+        case .swift: _ = try FrontRing<BlockRingX86_64>(initializing: memory, at: start)
+        case .c: cxr_shared_init(pages.base, start.rawValue)
+        }
+        let toBackend = try EventFD(), toFrontend = try EventFD()
+        let config = configuration
+        let ready = Atomic<Int>(0)
+        let go = Atomic<Bool>(false)
+        let (frontFD, backFD) = (toFrontend.fd, toBackend.fd)
+        let frontStats = Mutex(PeerStats()), backStats = Mutex(PeerStats())
+
+        func waitForGo() {
+            ready.add(1, ordering: .releasing)
+            while !go.load(ordering: .acquiring) { sched_yield() }
+        }
+        return withoutActuallyEscaping(waitForGo) { waitForGo in
+            nonisolated(unsafe) let waitForGo = waitForGo
+            let front = JoinableThread {
+                waitForGo()
+                let s: PeerStats
+                switch impl {
+                case .swift:
+                    s = RingPeer.runFrontend(memory: memory, start: start, requests: config.requests, mode: config.mode,
+                                             kickFD: backFD, waitFD: frontFD)
+                case .c:
+                    var c = cxr_peer_stats()
+                    cxr_run_frontend(memory.base, memory.byteCount, start.rawValue, config.requests,
+                                     config.mode == .eventfd ? Int32(CXR_MODE_EVENTFD) : Int32(CXR_MODE_POLL), backFD, frontFD, &c)
+                    s = PeerStats(c)
+                }
+                frontStats.withLock { $0 = s }
+            }
+            let back = JoinableThread {
+                waitForGo()
+                let s: PeerStats
+                switch impl {
+                case .swift:
+                    s = RingPeer.runBackend(memory: memory, start: start, requests: config.requests, mode: config.mode,
+                                            kickFD: frontFD, waitFD: backFD)
+                case .c:
+                    var c = cxr_peer_stats()
+                    cxr_run_backend(memory.base, memory.byteCount, start.rawValue, config.requests,
+                                    config.mode == .eventfd ? Int32(CXR_MODE_EVENTFD) : Int32(CXR_MODE_POLL), frontFD, backFD, &c)
+                    s = PeerStats(c)
+                }
+                backStats.withLock { $0 = s }
+            }
+            while ready.load(ordering: .acquiring) < 2 { sched_yield() }
+            AllocationCounter.start()
+            let t0 = monotonicSeconds()
+            go.store(true, ordering: .releasing)
+            front.join()
+            back.join()
+            let seconds = monotonicSeconds() - t0
+            let mallocs = AllocationCounter.stop()
+            _ = toBackend.fd; _ = toFrontend.fd  // the eventfds outlive both threads
+            return Run(implementation: impl, seconds: seconds,
+                       requestsPerSecond: Double(config.requests) / seconds,
+                       frontend: frontStats.withLock { $0 }, backend: backStats.withLock { $0 },
+                       mallocs: impl == .swift ? mallocs : nil)
+        }
+    }
+}
+
+extension PeerStats {
+    init(_ c: cxr_peer_stats) {
+        self.init()
+        completed = c.completed
+        notifications = c.notifications
+        sleeps = c.sleeps
+        badResponses = c.bad_responses
+        switch c.error {
+        case Int32(CXR_OK): error = nil
+        case Int32(CXR_ERROR_OVERFLOW): error = .overflow("C peer saw an impossible producer index")
+        case Int32(CXR_ERROR_TIMEOUT): error = .lostWakeup
+        default: error = .system("C peer I/O", EIO)
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

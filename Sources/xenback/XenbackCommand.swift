@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct XenbackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xenback",
+        abstract: "Xen PV block and network backends: tools, benchmarks, frontends.",
+        subcommands: [BenchCommand.self])
+}

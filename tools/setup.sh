@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages xenback builds and tests against. Idempotent;
+# needs root (or sudo). The Swift toolchain itself is assumed present.
+set -euo pipefail
+packages=(
+  libxen-dev      # Xen's public headers: io/ring.h, blkif.h, netif.h, xs_wire.h (reference peer, ABI probe)
+  gcc             # builds the ABI probe and the C ring.h peer
+  gcc-multilib    # -m32 for the x86_32 blkif ABI probe
+  linux-libc-dev  # kernel uapi headers (xen/gntdev.h, xen/evtchn.h)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
