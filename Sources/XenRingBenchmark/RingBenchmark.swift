@@ -84,10 +84,17 @@ public struct RingBenchmark: Sendable {
     }
 
     func runOnce(_ impl: Implementation) throws -> Run {
+        try Self.runPair(frontend: impl, backend: impl, configuration: configuration, start: RingIndex(0))
+    }
+
+    /// One run with any pairing of Swift and C ends (the interop tests mix
+    /// them). The frontend's implementation initialises the shared header;
+    /// `start` sets every index, so a run can cross the 2^32 wrap.
+    public static func runPair(frontend frontImpl: Implementation, backend backImpl: Implementation,
+                               configuration: Configuration, start: RingIndex) throws -> Run {
         let pages = RingPages(pageCount: configuration.pages)
         let memory = try SharedRingMemory(base: pages.base, pageCount: configuration.pages)
-        let start = RingIndex(0)
-        switch impl {
+        switch frontImpl {
         case .swift: _ = try FrontRing<BlockRingX86_64>(initializing: memory, at: start)
         case .c: cxr_shared_init(pages.base, start.rawValue)
         }
@@ -107,7 +114,7 @@ public struct RingBenchmark: Sendable {
             let front = JoinableThread {
                 waitForGo()
                 let s: PeerStats
-                switch impl {
+                switch frontImpl {
                 case .swift:
                     s = RingPeer.runFrontend(memory: memory, start: start, requests: config.requests, mode: config.mode,
                                              kickFD: backFD, waitFD: frontFD)
@@ -122,7 +129,7 @@ public struct RingBenchmark: Sendable {
             let back = JoinableThread {
                 waitForGo()
                 let s: PeerStats
-                switch impl {
+                switch backImpl {
                 case .swift:
                     s = RingPeer.runBackend(memory: memory, start: start, requests: config.requests, mode: config.mode,
                                             kickFD: frontFD, waitFD: backFD)
@@ -142,11 +149,12 @@ public struct RingBenchmark: Sendable {
             back.join()
             let seconds = monotonicSeconds() - t0
             let mallocs = AllocationCounter.stop()
-            _ = toBackend.fd; _ = toFrontend.fd  // the eventfds outlive both threads
-            return Run(implementation: impl, seconds: seconds,
+            withExtendedLifetime(pages) {}  // the ring pages and eventfds outlive both threads
+            _ = toBackend.fd; _ = toFrontend.fd
+            return Run(implementation: frontImpl, seconds: seconds,
                        requestsPerSecond: Double(config.requests) / seconds,
                        frontend: frontStats.withLock { $0 }, backend: backStats.withLock { $0 },
-                       mallocs: impl == .swift ? mallocs : nil)
+                       mallocs: mallocs)
         }
     }
 }
