@@ -209,6 +209,9 @@ void cxr_run_frontend(void *shared, size_t bytes, uint32_t start, uint64_t reque
         if (!more && mode == CXR_MODE_EVENTFD) {
             int rc = wait_for_kick(wait_fd, st);
             if (rc != CXR_OK) { st->error = rc; return; }
+        } else if (!more) {
+            /* poll: spin read-only on the index until it moves */
+            while (*(volatile RING_IDX *)&r.sring->rsp_prod == r.rsp_cons) {}
         }
     }
     st->completed = received;
@@ -251,6 +254,9 @@ void cxr_run_backend(void *shared, size_t bytes, uint32_t start, uint64_t reques
         if (!more && mode == CXR_MODE_EVENTFD) {
             int rc = wait_for_kick(wait_fd, st);
             if (rc != CXR_OK) { st->error = rc; return; }
+        } else if (!more) {
+            /* poll: spin read-only on the index until it moves */
+            while (*(volatile RING_IDX *)&r.sring->req_prod == r.req_cons) {}
         }
     }
     st->completed = answered;

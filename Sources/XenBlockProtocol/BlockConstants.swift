@@ -9,17 +9,17 @@ public struct BlockOperation: RawRepresentable, Hashable, Sendable, CustomString
     public var rawValue: UInt8
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
 
-    public static let read = BlockOperation(rawValue: 0)
-    public static let write = BlockOperation(rawValue: 1)
+    @inlinable public static var read: BlockOperation { BlockOperation(rawValue: 0) }
+    @inlinable public static var write: BlockOperation { BlockOperation(rawValue: 1) }
     /// Write, ordered after every earlier write reached the medium.
-    public static let writeBarrier = BlockOperation(rawValue: 2)
+    @inlinable public static var writeBarrier: BlockOperation { BlockOperation(rawValue: 2) }
     /// Flush the device's write cache (optionally with data segments).
-    public static let flushDiskCache = BlockOperation(rawValue: 3)
+    @inlinable public static var flushDiskCache: BlockOperation { BlockOperation(rawValue: 3) }
     /// Used by SLES frontends for an unrelated purpose; never valid here.
-    public static let reserved1 = BlockOperation(rawValue: 4)
-    public static let discard = BlockOperation(rawValue: 5)
+    @inlinable public static var reserved1: BlockOperation { BlockOperation(rawValue: 4) }
+    @inlinable public static var discard: BlockOperation { BlockOperation(rawValue: 5) }
     /// Segments live in granted pages (`blkif_request_indirect`).
-    public static let indirect = BlockOperation(rawValue: 6)
+    @inlinable public static var indirect: BlockOperation { BlockOperation(rawValue: 6) }
 
     public var description: String {
         switch self {
@@ -41,10 +41,10 @@ public struct BlockStatus: RawRepresentable, Hashable, Sendable, CustomStringCon
     public var rawValue: Int16
     @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
 
-    public static let okay = BlockStatus(rawValue: 0)
-    public static let error = BlockStatus(rawValue: -1)
+    @inlinable public static var okay: BlockStatus { BlockStatus(rawValue: 0) }
+    @inlinable public static var error: BlockStatus { BlockStatus(rawValue: -1) }
     /// Operation not supported (unknown op, barrier or discard unavailable).
-    public static let notSupported = BlockStatus(rawValue: -2)
+    @inlinable public static var notSupported: BlockStatus { BlockStatus(rawValue: -2) }
 
     public var description: String {
         switch self {
@@ -60,27 +60,27 @@ public struct BlockStatus: RawRepresentable, Hashable, Sendable, CustomStringCon
 public struct VirtualDiskInfo: OptionSet, Hashable, Sendable {
     public var rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let cdrom = VirtualDiskInfo(rawValue: 1)
-    public static let removable = VirtualDiskInfo(rawValue: 2)
-    public static let readOnly = VirtualDiskInfo(rawValue: 4)
+    @inlinable public static var cdrom: VirtualDiskInfo { VirtualDiskInfo(rawValue: 1) }
+    @inlinable public static var removable: VirtualDiskInfo { VirtualDiskInfo(rawValue: 2) }
+    @inlinable public static var readOnly: VirtualDiskInfo { VirtualDiskInfo(rawValue: 4) }
 }
 
 /// Protocol limits from blkif.h.
 public enum BlockLimits {
     /// `BLKIF_MAX_SEGMENTS_PER_REQUEST`: chosen so 32 requests fit one page.
-    public static let maxSegmentsPerRequest = 11
+    @inlinable public static var maxSegmentsPerRequest: Int { 11 }
     /// `BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`.
-    public static let maxIndirectPagesPerRequest = 8
+    @inlinable public static var maxIndirectPagesPerRequest: Int { 8 }
     /// Segments in one indirect page: 4096 / 8.
-    public static let segmentsPerIndirectPage = 512
+    @inlinable public static var segmentsPerIndirectPage: Int { 512 }
     /// Ring sector fields and the `sectors` key are always in these units
     /// (the 2024 reconciliation of blkif.h); `sector-size` only sets segment
     /// granularity and alignment.
-    public static let ringSectorSize = 512
+    @inlinable public static var ringSectorSize: Int { 512 }
     /// `first_sect`/`last_sect` index 512-byte sectors within one 4 KiB page.
-    public static let sectorsPerPage = 8
+    @inlinable public static var sectorsPerPage: Int { 8 }
     /// `BLKIF_DISCARD_SECURE`.
-    public static let discardSecureFlag: UInt8 = 1
+    @inlinable public static var discardSecureFlag: UInt8 { 1 }
 }
 
 /// The `protocol` key a frontend writes: which struct layout its ring uses.
@@ -92,7 +92,7 @@ public enum BlockProtocolABI: String, Sendable, CaseIterable {
 
     /// Linux blkback's `BLKIF_PROTOCOL_DEFAULT` on x86 when the key is absent:
     /// old frontends that write no key are 32-bit.
-    public static let defaultWhenAbsent = BlockProtocolABI.x86_32
+    @inlinable public static var defaultWhenAbsent: BlockProtocolABI { .x86_32 }
 
     /// Parses the frontend's `protocol` key; nil means absent.
     public static func parse(xenstoreValue value: String?) throws(BlockProtocolError) -> BlockProtocolABI {

@@ -44,7 +44,7 @@ public struct BlockSegment: Hashable, Sendable {
 @frozen
 public struct BlockRequest: Sendable {
     /// The x86_64 layout's size.
-    public static let wireSize = 112
+    @inlinable public static var wireSize: Int { 112 }
     @usableFromInline var words: InlineArray<14, UInt64>
 
     @inlinable
@@ -152,8 +152,8 @@ public struct BlockRequest: Sendable {
 /// are padding that must reach the frontend as zeros (XSA-216).
 @frozen
 public struct BlockResponse: Hashable, Sendable {
-    public static let x86_64Size = 16
-    public static let x86_32Size = 12
+    @inlinable public static var x86_64Size: Int { 16 }
+    @inlinable public static var x86_32Size: Int { 12 }
     public var id: UInt64
     public var operation: BlockOperation
     public var status: BlockStatus

@@ -1,3 +1,4 @@
+import Synchronization
 import XenRing
 
 /// The x86_64 (native) blkif ring: 112-byte slots, 32 per page.
@@ -5,6 +6,54 @@ public enum BlockRingX86_64: RingLayout {
     public typealias Request = BlockRequest
     public typealias Response = BlockResponse
     public static var entrySize: Int { 112 }
+    public static var requestSize: Int { 112 }
+    public static var responseSize: Int { BlockResponse.x86_64Size }
+
+    /// Copies the fields the request's operation has, each 8-byte word read
+    /// once by a relaxed atomic load; words it does not have stay zero. The
+    /// operation and segment count come from the private copy of word 0, so
+    /// the frontend cannot change them between this copy and validation.
+    @inlinable
+    public static func copyRequest(fromShared slot: UnsafeRawPointer) -> BlockRequest {
+        // SAFETY: slot is an 8-aligned 112-byte slot inside the borrowed ring
+        // mapping, valid for the duration of this call.
+        let shared = slot.assumingMemoryBound(to: Atomic<UInt64>.self)
+        var words = InlineArray<14, UInt64>(repeating: 0)
+        let head = shared[0].load(ordering: .relaxed)
+        words[0] = head
+        words[1] = shared[1].load(ordering: .relaxed)
+        words[2] = shared[2].load(ordering: .relaxed)
+        let fieldWords: Int
+        switch BlockOperation(rawValue: UInt8(truncatingIfNeeded: head)) {
+        case .discard: fieldWords = 4
+        case .indirect: fieldWords = 8
+        default: fieldWords = 3 + min(Int(UInt8(truncatingIfNeeded: head >> 8)), BlockLimits.maxSegmentsPerRequest)
+        }
+        var i = 3
+        while i < fieldWords {
+            words[i] = shared[i].load(ordering: .relaxed)
+            i += 1
+        }
+        return BlockRequest(words: words)
+    }
+
+    /// Like blkfront, publish only the fields the operation uses.
+    @inlinable
+    public static func wireLength(of request: BlockRequest) -> Int {
+        requestLength(header: UInt32(truncatingIfNeeded: request.words[0]))
+    }
+
+    /// The leading bytes of a slot the operation's struct uses: the header
+    /// and `nr_segments` segments (capped at 11; validation rejects more), or
+    /// the whole discard/indirect struct.
+    @inlinable
+    public static func requestLength(header: UInt32) -> Int {
+        switch BlockOperation(rawValue: UInt8(truncatingIfNeeded: header)) {
+        case .discard: 32
+        case .indirect: 64
+        default: 24 + 8 * min(Int(UInt8(truncatingIfNeeded: header >> 8)), BlockLimits.maxSegmentsPerRequest)
+        }
+    }
 
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> BlockRequest {
@@ -36,15 +85,17 @@ public enum BlockRingX86_32: RingLayout {
     public typealias Request = BlockRequest
     public typealias Response = BlockResponse
     public static var entrySize: Int { 108 }
+    public static var requestSize: Int { 108 }
+    public static var responseSize: Int { BlockResponse.x86_32Size }
 
     /// Field offsets of the i386 request layouts.
     public enum Offsets {
-        public static let id = 4
-        public static let sectorNumber = 12
-        public static let segments = 20
-        public static let discardSectorCount = 20
-        public static let indirectHandle = 20
-        public static let indirectGrants = 24
+        @inlinable public static var id: Int { 4 }
+        @inlinable public static var sectorNumber: Int { 12 }
+        @inlinable public static var segments: Int { 20 }
+        @inlinable public static var discardSectorCount: Int { 20 }
+        @inlinable public static var indirectHandle: Int { 20 }
+        @inlinable public static var indirectGrants: Int { 24 }
     }
 
     @inlinable

@@ -2,7 +2,7 @@
 /// In the first slot of a packet `size` is the whole packet's length.
 @frozen
 public struct NetTxRequest: Hashable, Sendable {
-    public static let wireSize = 12
+    @inlinable public static var wireSize: Int { 12 }
     public var grant: UInt32
     public var offset: UInt16
     public var flags: NetTxFlags
@@ -20,7 +20,7 @@ public struct NetTxRequest: Hashable, Sendable {
 /// hash {type 2, algorithm 3, value 4:4}.
 @frozen
 public struct NetExtraInfo: Hashable, Sendable {
-    public static let wireSize = 8
+    @inlinable public static var wireSize: Int { 8 }
     public var type: NetExtraType
     public var flags: UInt8
     /// The union's six bytes, little-endian in the low 48 bits.
@@ -93,7 +93,7 @@ public struct NetTxSlot: Hashable, Sendable {
 /// `netif_tx_response` (4 bytes): id 0:2, status 2:2.
 @frozen
 public struct NetTxResponse: Hashable, Sendable {
-    public static let wireSize = 4
+    @inlinable public static var wireSize: Int { 4 }
     public var id: UInt16
     public var status: Int16
     @inlinable public init(id: UInt16, status: Int16) { self.id = id; self.status = status }
@@ -102,7 +102,7 @@ public struct NetTxResponse: Hashable, Sendable {
 /// `netif_rx_request` (8 bytes): id 0:2, pad 2:2, gref 4:4.
 @frozen
 public struct NetRxRequest: Hashable, Sendable {
-    public static let wireSize = 8
+    @inlinable public static var wireSize: Int { 8 }
     public var id: UInt16
     public var grant: UInt32
     @inlinable public init(id: UInt16, grant: UInt32) { self.id = id; self.grant = grant }
@@ -112,7 +112,7 @@ public struct NetRxRequest: Hashable, Sendable {
 /// (negative: error; otherwise bytes in this slot).
 @frozen
 public struct NetRxResponse: Hashable, Sendable {
-    public static let wireSize = 8
+    @inlinable public static var wireSize: Int { 8 }
     public var id: UInt16
     public var offset: UInt16
     public var flags: NetRxFlags
@@ -147,7 +147,7 @@ public struct NetRxSlot: Hashable, Sendable {
 /// `xen_netif_ctrl_request` (16 bytes): id 0:2, type 2:2, data[3] 4:12.
 @frozen
 public struct NetControlRequest: Hashable, Sendable {
-    public static let wireSize = 16
+    @inlinable public static var wireSize: Int { 16 }
     public var id: UInt16
     public var type: NetControlType
     public var data: (UInt32, UInt32, UInt32)
@@ -163,7 +163,7 @@ public struct NetControlRequest: Hashable, Sendable {
 /// `xen_netif_ctrl_response` (12 bytes): id 0:2, type 2:2, status 4:4, data 8:4.
 @frozen
 public struct NetControlResponse: Hashable, Sendable {
-    public static let wireSize = 12
+    @inlinable public static var wireSize: Int { 12 }
     public var id: UInt16
     public var type: NetControlType
     public var status: UInt32

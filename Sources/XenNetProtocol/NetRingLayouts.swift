@@ -3,6 +3,8 @@ import XenRing
 /// The guest-transmit ring: 12-byte slots, 256 per page.
 public enum NetTxRing: RingLayout {
     public static var entrySize: Int { 12 }
+    public static var requestSize: Int { 12 }
+    public static var responseSize: Int { 4 }
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetTxSlot {
         // SAFETY: slot is a private 8-aligned copy of 12 bytes.
@@ -27,6 +29,8 @@ public enum NetTxRing: RingLayout {
 /// The guest-receive ring: 8-byte slots, 256 per page.
 public enum NetRxRing: RingLayout {
     public static var entrySize: Int { 8 }
+    public static var requestSize: Int { 8 }
+    public static var responseSize: Int { 8 }
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetRxRequest {
         NetRxRequest(id: slot.load(as: UInt16.self), grant: slot.load(fromByteOffset: 4, as: UInt32.self))
@@ -49,6 +53,8 @@ public enum NetRxRing: RingLayout {
 /// The control ring (`feature-ctrl-ring`): 16-byte slots, 128 per page.
 public enum NetControlRing: RingLayout {
     public static var entrySize: Int { 16 }
+    public static var requestSize: Int { 16 }
+    public static var responseSize: Int { 12 }
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetControlRequest {
         NetControlRequest(id: slot.load(as: UInt16.self),

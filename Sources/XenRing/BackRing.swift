@@ -78,7 +78,7 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
         guard !_isHalted, _requestConsumer != producer,
               (_requestConsumer &- _responseProducerPrivate) < size else { return nil }
         let slot = memory.entry(_requestConsumer.rawValue & mask, entrySize: Layout.entrySize)
-        let request = Layout.copyRequest(from: slot)
+        let request = Layout.copyRequest(fromShared: slot)
         _requestConsumer = _requestConsumer &+ 1
         return request
     }

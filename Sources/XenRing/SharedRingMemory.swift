@@ -20,16 +20,16 @@ import Synchronization
 @frozen
 public struct SharedRingMemory: @unchecked Sendable {
     /// Xen's page size; ring areas are whole pages.
-    public static let pageSize = 4096
+    @inlinable public static var pageSize: Int { 4096 }
     /// io/ring.h allows any power-of-two page order; blkback caps it at 16 pages (order 4).
-    public static let maximumPageCount = 16
+    @inlinable public static var maximumPageCount: Int { 16 }
     /// Entries start here, after the indices, `pvt` and padding.
-    public static let entriesOffset = 64
+    @inlinable public static var entriesOffset: Int { 64 }
 
-    @usableFromInline static let requestProducerOffset = 0
-    @usableFromInline static let requestEventOffset = 4
-    @usableFromInline static let responseProducerOffset = 8
-    @usableFromInline static let responseEventOffset = 12
+    @inlinable static var requestProducerOffset: Int { 0 }
+    @inlinable static var requestEventOffset: Int { 4 }
+    @inlinable static var responseProducerOffset: Int { 8 }
+    @inlinable static var responseEventOffset: Int { 12 }
 
     /// Start of the shared area (page-aligned for a real grant mapping).
     public let base: UnsafeMutableRawPointer

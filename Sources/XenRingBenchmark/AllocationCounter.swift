@@ -1,7 +1,10 @@
+import CXenShims
 import MallocInterposerSwift
 
 /// Counts malloc calls in a window, through ordo-one's malloc-interposer
-/// (linked into the process, so its malloc is found before libc's).
+/// (linked into the process, so its malloc is found before libc's), on the
+/// threads that call `measureThisThread()` only: other work in the process
+/// (parallel tests, the main thread) does not count.
 public enum AllocationCounter {
     /// Whether the interposer really sees this process's allocations; if not,
     /// counts are reported as unknown rather than as a false zero.
@@ -15,10 +18,14 @@ public enum AllocationCounter {
         return MallocInterposerSwift.getStatistics().mallocCount > 0
     }()
 
-    /// Starts counting mallocs on every thread.
+    /// Counts this thread's allocations between `start()` and `stop()`.
+    public static func measureThisThread() { CXenShims_count_allocations_on_this_thread(1) }
+
+    /// Starts counting mallocs on the measured threads.
     public static func start() {
         guard isActive else { return }
-        MallocInterposerSwift.reset()
+        CXenShims_reset_counted_allocations()
+        MallocInterposerSwift.setAllocationHook(CXenShims_allocation_hook)
         MallocInterposerSwift.hook()
     }
 
@@ -26,6 +33,7 @@ public enum AllocationCounter {
     public static func stop() -> Int? {
         guard isActive else { return nil }
         MallocInterposerSwift.unhook()
-        return MallocInterposerSwift.getStatistics().mallocCount
+        MallocInterposerSwift.setAllocationHook(nil)
+        return CXenShims_counted_allocations()
     }
 }

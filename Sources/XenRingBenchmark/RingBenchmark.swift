@@ -1,4 +1,5 @@
 import CXenRingReference
+import CXenShims
 import Synchronization
 import XenBlockProtocol
 import XenRing
@@ -17,13 +18,18 @@ public struct RingBenchmark: Sendable {
         public var requests: UInt64
         public var pages: Int
         public var rounds: Int
-        public init(mode: WaitMode, requests: UInt64, pages: Int, rounds: Int) {
-            self.mode = mode; self.requests = requests; self.pages = pages; self.rounds = rounds
+        /// Also run C frontend + Swift backend and the reverse, to show which
+        /// end the time goes to.
+        public var mixed: Bool
+        public init(mode: WaitMode, requests: UInt64, pages: Int, rounds: Int, mixed: Bool = false) {
+            self.mode = mode; self.requests = requests; self.pages = pages; self.rounds = rounds; self.mixed = mixed
         }
     }
 
     public struct Run: Sendable {
+        /// The frontend's implementation (the backend's is `backendImplementation`).
         public var implementation: Implementation
+        public var backendImplementation: Implementation
         public var seconds: Double
         public var requestsPerSecond: Double
         public var frontend: PeerStats
@@ -36,22 +42,35 @@ public struct RingBenchmark: Sendable {
         public var runs: [Run]
         public var ringSize: UInt32
 
+        var pure: [Run] { runs.filter { $0.implementation == $0.backendImplementation } }
+
+        public func median(frontend: Implementation, backend: Implementation) -> Double {
+            let v = runs.filter { $0.implementation == frontend && $0.backendImplementation == backend }.map(\.requestsPerSecond).sorted()
+            return v.isEmpty ? 0 : v[v.count / 2]
+        }
+
         func median(_ impl: Implementation) -> Double {
-            let v = runs.filter { $0.implementation == impl }.map(\.requestsPerSecond).sorted()
+            let v = pure.filter { $0.implementation == impl }.map(\.requestsPerSecond).sorted()
             return v.isEmpty ? 0 : v[v.count / 2]
         }
         public var swiftRequestsPerSecond: Double { median(.swift) }
         public var cRequestsPerSecond: Double { median(.c) }
-        public var ratio: Double { cRequestsPerSecond > 0 ? swiftRequestsPerSecond / cRequestsPerSecond : 0 }
+        /// The median of each round's Swift/C ratio: a round runs C then Swift
+        /// back to back, so slow drifts of a shared machine cancel out.
+        public var ratio: Double {
+            let c = pure.filter { $0.implementation == .c }, s = pure.filter { $0.implementation == .swift }
+            let ratios = zip(s, c).map { $0.requestsPerSecond / $1.requestsPerSecond }.sorted()
+            return ratios.isEmpty ? 0 : ratios[ratios.count / 2]
+        }
         /// Mallocs per request over every Swift run; nil if the counter is inactive.
         public var allocationsPerRequest: Double? {
-            let swiftRuns = runs.filter { $0.implementation == .swift }
+            let swiftRuns = pure.filter { $0.implementation == .swift }
             var total = 0
             for r in swiftRuns { guard let m = r.mallocs else { return nil }; total += m }
             return Double(total) / Double(configuration.requests * UInt64(swiftRuns.count))
         }
         public func notificationsPerRequest(_ impl: Implementation) -> Double {
-            let r = runs.filter { $0.implementation == impl }
+            let r = pure.filter { $0.implementation == impl }
             let n = r.reduce(0) { $0 + $1.frontend.notifications + $1.backend.notifications }
             return Double(n) / Double(configuration.requests * UInt64(max(r.count, 1)))
         }
@@ -73,18 +92,16 @@ public struct RingBenchmark: Sendable {
     public func run(progress: (Run) -> Void = { _ in }) throws -> Report {
         var runs: [Run] = []
         for _ in 0..<configuration.rounds {
-            for impl in [Implementation.c, .swift] {
-                let r = try runOnce(impl)
+            var pairs: [(Implementation, Implementation)] = [(.c, .c), (.swift, .swift)]
+            if configuration.mixed { pairs += [(.c, .swift), (.swift, .c)] }
+            for (front, back) in pairs {
+                let r = try Self.runPair(frontend: front, backend: back, configuration: configuration, start: RingIndex(0))
                 progress(r)
                 runs.append(r)
             }
         }
         let size = SharedRingMemory.ringSize(byteCount: configuration.pages * 4096, entrySize: BlockRingX86_64.entrySize)
         return Report(configuration: configuration, runs: runs, ringSize: size)
-    }
-
-    func runOnce(_ impl: Implementation) throws -> Run {
-        try Self.runPair(frontend: impl, backend: impl, configuration: configuration, start: RingIndex(0))
     }
 
     /// One run with any pairing of Swift and C ends (the interop tests mix
@@ -105,13 +122,18 @@ public struct RingBenchmark: Sendable {
         let (frontFD, backFD) = (toFrontend.fd, toBackend.fd)
         let frontStats = Mutex(PeerStats()), backStats = Mutex(PeerStats())
 
+        // Frontend on CPU 0, backend on CPU 1 when there are two, for both
+        // implementations alike; otherwise the scheduler's placement is noise.
+        let pin = CXenShims_available_cpus() >= 2
         func waitForGo() {
+            AllocationCounter.measureThisThread()
             ready.add(1, ordering: .releasing)
             while !go.load(ordering: .acquiring) { sched_yield() }
         }
         return withoutActuallyEscaping(waitForGo) { waitForGo in
             nonisolated(unsafe) let waitForGo = waitForGo
             let front = JoinableThread {
+                if pin { _ = CXenShims_pin_current_thread(0) }
                 waitForGo()
                 let s: PeerStats
                 switch frontImpl {
@@ -127,6 +149,7 @@ public struct RingBenchmark: Sendable {
                 frontStats.withLock { $0 = s }
             }
             let back = JoinableThread {
+                if pin { _ = CXenShims_pin_current_thread(1) }
                 waitForGo()
                 let s: PeerStats
                 switch backImpl {
@@ -151,7 +174,7 @@ public struct RingBenchmark: Sendable {
             let mallocs = AllocationCounter.stop()
             withExtendedLifetime(pages) {}  // the ring pages and eventfds outlive both threads
             _ = toBackend.fd; _ = toFrontend.fd
-            return Run(implementation: frontImpl, seconds: seconds,
+            return Run(implementation: frontImpl, backendImplementation: backImpl, seconds: seconds,
                        requestsPerSecond: Double(config.requests) / seconds,
                        frontend: frontStats.withLock { $0 }, backend: backStats.withLock { $0 },
                        mallocs: mallocs)

@@ -67,9 +67,15 @@ public enum RingPeer {
                 consumed = true
             }
             if consumed || (sent < requests && !ring.isFull) { continue }
-            if !ring.finalCheckForResponses(), mode == .eventfd {
-                try EventChannelSim.wait(waitFD)
-                stats.sleeps += 1
+            if !ring.finalCheckForResponses() {
+                switch mode {
+                case .eventfd:
+                    try EventChannelSim.wait(waitFD)
+                    stats.sleeps += 1
+                case .poll:
+                    // Spin read-only on rsp_prod until it moves.
+                    while ring.unconsumedResponses() == 0 {}
+                }
             }
         }
         stats.completed = received
@@ -111,9 +117,15 @@ public enum RingPeer {
                 }
                 continue
             }
-            if !ring.finalCheckForRequests(), mode == .eventfd {
-                try EventChannelSim.wait(waitFD)
-                stats.sleeps += 1
+            if !ring.finalCheckForRequests() {
+                switch mode {
+                case .eventfd:
+                    try EventChannelSim.wait(waitFD)
+                    stats.sleeps += 1
+                case .poll:
+                    // Spin read-only on req_prod until it moves.
+                    while ring.unconsumedRequests() == 0 {}
+                }
             }
         }
         stats.completed = answered

@@ -5,33 +5,33 @@ public struct XenStoreMessageType: RawRepresentable, Hashable, Sendable, CustomS
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// Also `XS_DEBUG`.
-    public static let control = Self(rawValue: 0)
-    public static let directory = Self(rawValue: 1)
-    public static let read = Self(rawValue: 2)
-    public static let getPermissions = Self(rawValue: 3)
-    public static let watch = Self(rawValue: 4)
-    public static let unwatch = Self(rawValue: 5)
-    public static let transactionStart = Self(rawValue: 6)
-    public static let transactionEnd = Self(rawValue: 7)
-    public static let introduce = Self(rawValue: 8)
-    public static let release = Self(rawValue: 9)
-    public static let getDomainPath = Self(rawValue: 10)
-    public static let write = Self(rawValue: 11)
-    public static let mkdir = Self(rawValue: 12)
-    public static let rm = Self(rawValue: 13)
-    public static let setPermissions = Self(rawValue: 14)
-    public static let watchEvent = Self(rawValue: 15)
-    public static let error = Self(rawValue: 16)
-    public static let isDomainIntroduced = Self(rawValue: 17)
-    public static let resume = Self(rawValue: 18)
-    public static let setTarget = Self(rawValue: 19)
+    @inlinable public static var control: Self { Self(rawValue: 0) }
+    @inlinable public static var directory: Self { Self(rawValue: 1) }
+    @inlinable public static var read: Self { Self(rawValue: 2) }
+    @inlinable public static var getPermissions: Self { Self(rawValue: 3) }
+    @inlinable public static var watch: Self { Self(rawValue: 4) }
+    @inlinable public static var unwatch: Self { Self(rawValue: 5) }
+    @inlinable public static var transactionStart: Self { Self(rawValue: 6) }
+    @inlinable public static var transactionEnd: Self { Self(rawValue: 7) }
+    @inlinable public static var introduce: Self { Self(rawValue: 8) }
+    @inlinable public static var release: Self { Self(rawValue: 9) }
+    @inlinable public static var getDomainPath: Self { Self(rawValue: 10) }
+    @inlinable public static var write: Self { Self(rawValue: 11) }
+    @inlinable public static var mkdir: Self { Self(rawValue: 12) }
+    @inlinable public static var rm: Self { Self(rawValue: 13) }
+    @inlinable public static var setPermissions: Self { Self(rawValue: 14) }
+    @inlinable public static var watchEvent: Self { Self(rawValue: 15) }
+    @inlinable public static var error: Self { Self(rawValue: 16) }
+    @inlinable public static var isDomainIntroduced: Self { Self(rawValue: 17) }
+    @inlinable public static var resume: Self { Self(rawValue: 18) }
+    @inlinable public static var setTarget: Self { Self(rawValue: 19) }
     // 20 was XS_RESTRICT, removed from the protocol.
-    public static let resetWatches = Self(rawValue: 21)
-    public static let directoryPart = Self(rawValue: 22)
+    @inlinable public static var resetWatches: Self { Self(rawValue: 21) }
+    @inlinable public static var directoryPart: Self { Self(rawValue: 22) }
     /// `XS_TYPE_COUNT`: one past the last valid type.
-    public static let typeCount = Self(rawValue: 23)
+    @inlinable public static var typeCount: Self { Self(rawValue: 23) }
     /// `XS_INVALID`: guaranteed never to be valid.
-    public static let invalid = Self(rawValue: 0xFFFF)
+    @inlinable public static var invalid: Self { Self(rawValue: 0xFFFF) }
 
     static let names: [UInt32: String] = [
         0: "CONTROL", 1: "DIRECTORY", 2: "READ", 3: "GET_PERMS", 4: "WATCH", 5: "UNWATCH",
@@ -93,15 +93,15 @@ public enum XenStoreErrorCode: String, Error, Sendable, CaseIterable {
 /// Limits of the wire protocol (xs_wire.h).
 public enum XenStoreLimits {
     /// `XENSTORE_PAYLOAD_MAX`: no message body may be longer.
-    public static let payloadMax = 4096
+    @inlinable public static var payloadMax: Int { 4096 }
     /// `XENSTORE_ABS_PATH_MAX`.
-    public static let absolutePathMax = 3072
+    @inlinable public static var absolutePathMax: Int { 3072 }
     /// `XENSTORE_REL_PATH_MAX`.
-    public static let relativePathMax = 2048
+    @inlinable public static var relativePathMax: Int { 2048 }
     /// `sizeof(struct xsd_sockmsg)`.
-    public static let headerSize = 16
+    @inlinable public static var headerSize: Int { 16 }
     /// The guest's xenstore ring page: `req[1024]`, `rsp[1024]`, then indices.
-    public static let domainRingSize = 1024
+    @inlinable public static var domainRingSize: Int { 1024 }
 }
 
 /// `struct xsd_sockmsg` and its body.

@@ -3,4 +3,18 @@
 #ifndef CXEN_SHIMS_H
 #define CXEN_SHIMS_H
 #include <sys/eventfd.h>
+
+/// Pins the calling thread to one CPU (CPU_SET is a macro Swift cannot call).
+/// Returns 0, or an errno value.
+int CXenShims_pin_current_thread(int cpu);
+/// CPUs this process may run on.
+int CXenShims_available_cpus(void);
+
+/// Allocation counting limited to threads that opt in: the malloc
+/// interposer calls the hook on the allocating thread, and a C thread-local
+/// (Swift has none) says whether that thread is being measured.
+void CXenShims_count_allocations_on_this_thread(int enabled);
+void CXenShims_allocation_hook(long size);
+long CXenShims_counted_allocations(void);
+void CXenShims_reset_counted_allocations(void);
 #endif
