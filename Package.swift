@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenStoreProtocol", targets: ["XenStoreProtocol"]),
+        .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
         .executable(name: "xenback", targets: ["xenback"]),
     ],
     dependencies: [
@@ -46,16 +47,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The fuzz targets' logic, shared by tools/fuzz (libFuzzer) and the
+        // tests that replay seed and regression inputs.
+        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
         .target(name: "XenProtocolTesting", path: "Sources/XenProtocolTesting"),
         .testTarget(
             name: "XenRingTests",
-            dependencies: ["XenRing", "XenBlockProtocol", "XenRingBenchmark", "CXenRingReference", "XenProtocolTesting",
+            dependencies: ["XenRing", "XenBlockProtocol", "XenRingBenchmark", "CXenRingReference", "XenProtocolTesting", "XenFuzzing",
                            .product(name: "MallocInterposerSwift", package: "malloc-interposer")]
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
-        .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting"]),
+        .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),
     ]
 )
