@@ -175,3 +175,50 @@ import XenRing
         #expect(BlockProtocolError.unknownProtocol("x").description.contains("\"x\""))
     }
 }
+
+/// The backend's per-operation copy out of a shared slot.
+@Suite struct BlockSharedCopyTests {
+    func copy(_ bytes: [UInt8]) -> BlockRequest {
+        // An exact 112-byte allocation: the copy may not read past it.
+        let slot = UnsafeMutableRawPointer.allocate(byteCount: 112, alignment: 8)
+        defer { slot.deallocate() }
+        slot.copyMemory(from: bytes, byteCount: 112)
+        return BlockRingX86_64.copyRequest(fromShared: slot)
+    }
+
+    @Test func takesOnlyTheFieldsTheOperationHas() throws {
+        var bytes = BlockVectorTests.write3.x86_64Bytes
+        for i in 48..<112 { bytes[i] = 0xEE }  // stale data after segment 2
+        let r = copy(bytes)
+        #expect(r.segmentCount == 3 && r.segment(2) == BlockVectorTests.write3.segment(2))
+        #expect((3..<11).allSatisfy { r.segment($0) == BlockSegment(wireWord: 0) }, "segments past nr_segments are not copied")
+        #expect(r.x86_64Bytes == BlockVectorTests.write3.x86_64Bytes)
+
+        var discard = BlockVectorTests.discard.x86_64Bytes
+        for i in 32..<112 { discard[i] = 0xEE }
+        #expect(copy(discard).x86_64Bytes == BlockVectorTests.discard.x86_64Bytes)
+
+        var indirect = BlockVectorTests.indirect.x86_64Bytes
+        for i in 64..<112 { indirect[i] = 0xEE }
+        #expect(copy(indirect).x86_64Bytes == BlockVectorTests.indirect.x86_64Bytes)
+    }
+
+    @Test func hostileSegmentCountStaysInsideTheSlot() {
+        var bytes = [UInt8](repeating: 0x5A, count: 112)
+        bytes[0] = BlockOperation.write.rawValue
+        bytes[1] = 255  // nr_segments far beyond 11
+        let r = copy(bytes)
+        #expect(r.segmentCount == 255, "kept for validation to reject")
+        #expect(r.segment(10).grant == 0x5A5A_5A5A, "all 11 segments copied, none beyond")
+        #expect(BlockRingX86_64.wireLength(of: r) == 112)
+    }
+
+    @Test func unknownOperationKeepsItsID() {
+        var bytes = [UInt8](repeating: 0x77, count: 112)
+        bytes[0] = 200
+        bytes[1] = 0
+        let r = copy(bytes)
+        #expect(r.operation == BlockOperation(rawValue: 200))
+        #expect(r.id == 0x7777_7777_7777_7777, "the id to answer EOPNOTSUPP with")
+    }
+}
