@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenStoreProtocol", targets: ["XenStoreProtocol"]),
+        .library(name: "XenBus", targets: ["XenBus"]),
         .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
         .executable(name: "xenback", targets: ["xenback"]),
     ],
@@ -27,6 +28,7 @@ let package = Package(
         .target(name: "XenBlockProtocol", dependencies: ["XenRing"]),
         .target(name: "XenNetProtocol", dependencies: ["XenRing"]),
         .target(name: "XenStoreProtocol"),
+        .target(name: "XenBus", dependencies: ["XenStoreProtocol"]),
         .target(name: "CXenShims", cSettings: [.define("_GNU_SOURCE")]),
         .target(
             name: "CXenRingReference",
@@ -60,6 +62,7 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
+        .testTarget(name: "XenBusTests", dependencies: ["XenBus"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),
     ]
 )
