@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenStoreProtocol", targets: ["XenStoreProtocol"]),
         .library(name: "XenBus", targets: ["XenBus"]),
+        .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
         .executable(name: "xenback", targets: ["xenback"]),
     ],
@@ -29,6 +30,7 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenRing"]),
         .target(name: "XenStoreProtocol"),
         .target(name: "XenBus", dependencies: ["XenStoreProtocol"]),
+        .target(name: "XenStore", dependencies: ["XenStoreProtocol"]),
         .target(name: "CXenShims", cSettings: [.define("_GNU_SOURCE")]),
         .target(
             name: "CXenRingReference",
@@ -63,6 +65,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),
     ]
 )
