@@ -23,6 +23,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(name: "XenRing"),
@@ -30,7 +33,13 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenRing"]),
         .target(name: "XenStoreProtocol"),
         .target(name: "XenBus", dependencies: ["XenStoreProtocol"]),
-        .target(name: "XenStore", dependencies: ["XenStoreProtocol"]),
+        .target(name: "XenStore", dependencies: [
+            "XenStoreProtocol",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         .target(name: "CXenShims", cSettings: [.define("_GNU_SOURCE")]),
         .target(
             name: "CXenRingReference",
@@ -47,13 +56,15 @@ let package = Package(
         .executableTarget(
             name: "xenback",
             dependencies: [
-                "XenRingBenchmark",
+                "XenRingBenchmark", "XenStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The fuzz targets' logic, shared by tools/fuzz (libFuzzer) and the
         // tests that replay seed and regression inputs.
-        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol"]),
+        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStore", "XenBus"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
         .target(name: "XenProtocolTesting", path: "Sources/XenProtocolTesting"),
@@ -64,8 +75,8 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
-        .testTarget(name: "XenBusTests", dependencies: ["XenBus"]),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
+        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenProtocolTesting", "XenFuzzing"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),
     ]
 )

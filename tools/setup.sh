@@ -7,6 +7,7 @@ packages=(
   gcc             # builds the ABI probe and the C ring.h peer
   gcc-multilib    # -m32 for the x86_32 blkif ABI probe
   linux-libc-dev  # kernel uapi headers (xen/gntdev.h, xen/evtchn.h)
+  xenstore-utils  # Xen's own xenstore-* tools and libxenstore: interop tests for our xenstored
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,9 +1,9 @@
 import ArgumentParser
 
 @main
-struct XenbackCommand: ParsableCommand {
+struct XenbackCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenback",
         abstract: "Xen PV block and network backends: tools, benchmarks, frontends.",
-        subcommands: [BenchCommand.self])
+        subcommands: [BenchCommand.self, XenStoredCommand.self])
 }

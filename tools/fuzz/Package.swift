@@ -13,5 +13,9 @@ let package = Package(
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "FuzzXenStoreWire", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "FuzzXenStoreServer", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "FuzzXenbusStateMachine", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     ]
 )

@@ -1,0 +1,7 @@
+import XenFuzzing
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    XenbusStateMachineFuzzer.run(UnsafeRawBufferPointer(start: start, count: count))
+    return 0
+}
