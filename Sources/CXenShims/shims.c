@@ -1,7 +1,10 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include "CXenShims.h"
+
+int CXenShims_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
 int CXenShims_pin_current_thread(int cpu) {
     cpu_set_t set;

@@ -3,6 +3,13 @@
 #ifndef CXEN_SHIMS_H
 #define CXEN_SHIMS_H
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+
+/// memfd_create(2): anonymous shared memory with an fd (guest memory, grant
+/// tables) that can be mapped several times and passed to other processes.
+int CXenShims_memfd_create(const char *name, unsigned int flags);
+/// MFD_CLOEXEC (its header needs _GNU_SOURCE, which Swift's importer lacks).
+static const unsigned int CXenShims_MFD_CLOEXEC = 0x0001U;
 
 /// Pins the calling thread to one CPU (CPU_SET is a macro Swift cannot call).
 /// Returns 0, or an errno value.

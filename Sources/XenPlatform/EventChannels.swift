@@ -1,0 +1,47 @@
+/// Why an event channel operation failed.
+public enum EventChannelError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The remote port does not exist, is not offered to us, or is taken.
+    case cannotBind(remoteDomain: DomainID, remotePort: EventChannelPort, reason: String)
+    /// The port is not bound on this device.
+    case notBound(EventChannelPort)
+    case system(operation: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .cannotBind(let d, let p, let why): "cannot bind to \(d) \(p): \(why)"
+        case .notBound(let p): "\(p) is not bound here"
+        case .system(let op, let e): "\(op) failed with errno \(e)"
+        }
+    }
+}
+
+/// An open event channel device, like an fd of /dev/xen/evtchn: ports bound
+/// through it deliver their events to it. An event masks its port until
+/// `unmask`; meanwhile further events on that port are not queued again.
+public protocol EventChannelDevice: AnyObject, Sendable {
+    /// Binds a new local port to `remotePort` of `remoteDomain`, which that
+    /// domain allocated for us (EVTCHNOP_alloc_unbound) and published.
+    func bindInterdomain(remoteDomain: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> EventChannelPort
+    /// Signals the peer of a local port.
+    func notify(_ port: EventChannelPort) throws(EventChannelError)
+    /// Re-enables a port after its event was handled.
+    func unmask(_ port: EventChannelPort) throws(EventChannelError)
+    func unbind(_ port: EventChannelPort) throws(EventChannelError)
+    /// Readable (poll/epoll) while events are pending.
+    var fileDescriptor: Int32 { get }
+    /// Takes pending ports, without blocking; returns how many were stored.
+    func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int
+}
+
+/// One implementation of Xen for backends: real Xen (host) or the software
+/// hypervisor (sim). Backends are generic over it, so the data path calls
+/// concrete types.
+public protocol XenPlatform: Sendable {
+    associatedtype Grants: GrantOperations
+    associatedtype Events: EventChannelDevice
+    /// The domain the backend runs in.
+    var backendDomain: DomainID { get }
+    var grants: Grants { get }
+    /// A new event channel device (one per ring worker, like an evtchn fd).
+    func openEventChannels() throws(EventChannelError) -> Events
+}

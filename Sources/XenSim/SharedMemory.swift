@@ -1,0 +1,58 @@
+import CXenShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Pages in a memfd, mapped shared into this process. The memfd can be
+/// mapped again (a grant mapping is a second view of a guest page) and
+/// passed to other processes.
+final class SharedPages: @unchecked Sendable {
+    let fd: Int32
+    let pageCount: Int
+    /// This process's view of all pages; valid until deinit.
+    let base: UnsafeMutableRawPointer
+
+    init(name: String, pageCount: Int) throws(SimError) {
+        let fd = CXenShims_memfd_create(name, CXenShims_MFD_CLOEXEC)
+        guard fd >= 0 else { throw .system("memfd_create", errno) }
+        guard ftruncate(fd, off_t(pageCount * 4096)) == 0 else {
+            let e = errno
+            close(fd)
+            throw .system("ftruncate", e)
+        }
+        let p = mmap(nil, pageCount * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            close(fd)
+            throw .system("mmap", e)
+        }
+        self.fd = fd
+        self.pageCount = pageCount
+        self.base = p
+    }
+
+    deinit {
+        munmap(base, pageCount * 4096)
+        close(fd)
+    }
+
+    func page(_ frame: UInt32) -> UnsafeMutableRawPointer { base + Int(frame) * 4096 }
+}
+
+public enum SimError: Error, Equatable, Sendable, CustomStringConvertible {
+    case system(String, Int32)
+    case domainExists(UInt16)
+    case noSuchDomain(UInt16)
+    case grantTableFull(UInt16)
+    case frameOutOfRange(UInt32, pageCount: Int)
+
+    public var description: String {
+        switch self {
+        case .system(let call, let e): "\(call) failed: \(String(cString: strerror(e)))"
+        case .domainExists(let d): "domain \(d) already exists"
+        case .noSuchDomain(let d): "no domain \(d)"
+        case .grantTableFull(let d): "grant table of domain \(d) is full"
+        case .frameOutOfRange(let f, let n): "frame \(f) is outside the guest's \(n) pages"
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Synchronization
+import XenPlatform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Grant entry flags (GTF_*), v1 layout: flags u16 @0, domid u16 @2, frame u32 @4.
+enum GrantFlags {
+    static let permitAccess: UInt16 = 1
+    static let typeMask: UInt16 = 3
+    static let readOnly: UInt16 = 1 << 2
+    static let reading: UInt16 = 1 << 3
+    static let writing: UInt16 = 1 << 4
+    static let subPage: UInt16 = 1 << 8
+    static let entrySize = 8
+    /// GNTTAB_NR_RESERVED_ENTRIES: refs 0-7 belong to the toolstack.
+    static let reservedEntries: UInt32 = 8
+}
+
+/// A simulated guest domain: its memory, its v1 grant table (both in
+/// memfds, as shared memory) and the guest-side grant calls a frontend
+/// makes. The hypervisor (`SimHypervisor`) reads the grant table the way
+/// Xen does, with atomic accesses, and sets the busy bits while a grant is
+/// mapped or copied.
+public final class SimDomain: @unchecked Sendable {
+    public let id: DomainID
+    public let pageCount: Int
+    let memory: SharedPages
+    let grantTable: SharedPages
+    let grantEntryCount: UInt32
+    weak var hypervisor: SimHypervisor?
+    private let freeRefs: Mutex<[UInt32]>
+
+    init(id: DomainID, pageCount: Int, grantEntries: UInt32, hypervisor: SimHypervisor) throws(SimError) {
+        self.id = id
+        self.pageCount = pageCount
+        memory = try SharedPages(name: "xenback-dom\(id.rawValue)-memory", pageCount: pageCount)
+        let tablePages = (Int(grantEntries) * GrantFlags.entrySize + 4095) / 4096
+        grantTable = try SharedPages(name: "xenback-dom\(id.rawValue)-grants", pageCount: tablePages)
+        grantEntryCount = grantEntries
+        self.hypervisor = hypervisor
+        freeRefs = Mutex(Array((GrantFlags.reservedEntries..<grantEntries).reversed()))
+    }
+
+    /// The guest's own view of page `frame` (valid while the domain lives).
+    public func page(_ frame: UInt32) -> UnsafeMutableRawPointer {
+        precondition(Int(frame) < pageCount, "frame \(frame) outside \(pageCount) pages")
+        return memory.page(frame)
+    }
+
+    func flags(_ ref: UInt32) -> UnsafePointer<Atomic<UInt16>> {
+        // SAFETY: ref < grantEntryCount (checked by callers); the table
+        // mapping lives as long as the domain.
+        UnsafePointer((grantTable.base + Int(ref) * GrantFlags.entrySize).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+
+    func entryDomain(_ ref: UInt32) -> UInt16 {
+        (grantTable.base + Int(ref) * GrantFlags.entrySize + 2).assumingMemoryBound(to: Atomic<UInt16>.self).pointee.load(ordering: .relaxed)
+    }
+
+    func entryFrame(_ ref: UInt32) -> UInt32 {
+        (grantTable.base + Int(ref) * GrantFlags.entrySize + 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .relaxed)
+    }
+
+    /// gnttab_grant_foreign_access: lets `domain` map or copy page `frame`.
+    public func grantAccess(to domain: DomainID, frame: UInt32, readOnly: Bool) throws(SimError) -> GrantRef {
+        guard Int(frame) < pageCount else { throw .frameOutOfRange(frame, pageCount: pageCount) }
+        guard let ref = freeRefs.withLock({ $0.popLast() }) else { throw .grantTableFull(id.rawValue) }
+        writeEntry(ref, domain: domain.rawValue, frame: frame,
+                   flags: GrantFlags.permitAccess | (readOnly ? GrantFlags.readOnly : 0))
+        return GrantRef(ref)
+    }
+
+    /// Writes an entry the way a guest does: domid and frame first, then the
+    /// flags with a releasing store so Xen never sees the flags before them.
+    /// Tests use it to plant arbitrary (hostile) entries too.
+    public func writeEntry(_ ref: UInt32, domain: UInt16, frame: UInt32, flags value: UInt16) {
+        precondition(ref < grantEntryCount)
+        let entry = grantTable.base + Int(ref) * GrantFlags.entrySize
+        (entry + 2).assumingMemoryBound(to: Atomic<UInt16>.self).pointee.store(domain, ordering: .relaxed)
+        (entry + 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.store(frame, ordering: .relaxed)
+        flags(ref).pointee.store(value, ordering: .releasing)
+    }
+
+    /// gnttab_end_foreign_access: revokes the grant unless a mapping or copy
+    /// holds it (the reading/writing bits are set); false then, as Linux's
+    /// gnttab_end_foreign_access_ref reports, and the grant stays.
+    public func endForeignAccess(_ ref: GrantRef) -> Bool {
+        guard ref.rawValue < grantEntryCount else { return false }
+        var current = flags(ref.rawValue).pointee.load(ordering: .acquiring)
+        while true {
+            if current & (GrantFlags.reading | GrantFlags.writing) != 0 { return false }
+            let (exchanged, original) = flags(ref.rawValue).pointee.compareExchange(
+                expected: current, desired: 0, ordering: .acquiringAndReleasing)
+            if exchanged { break }
+            current = original
+        }
+        if ref.rawValue >= GrantFlags.reservedEntries {
+            freeRefs.withLock { $0.append(ref.rawValue) }
+        }
+        return true
+    }
+
+    /// The guest side of event channels: a device for this domain.
+    public func openEventChannels() throws(EventChannelError) -> SimEventChannelDevice {
+        guard let hypervisor else { throw .system(operation: "open", errno: ENODEV) }
+        return try SimEventChannelDevice(hypervisor: hypervisor, domain: id)
+    }
+}

@@ -1,0 +1,138 @@
+import Synchronization
+import XenPlatform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The software hypervisor as a backend's platform.
+public struct SimPlatform: XenPlatform {
+    public let hypervisor: SimHypervisor
+    public let backendDomain: DomainID
+    public let grants: SimGrants
+
+    init(hypervisor: SimHypervisor, backendDomain: DomainID) {
+        self.hypervisor = hypervisor
+        self.backendDomain = backendDomain
+        grants = SimGrants(hypervisor: hypervisor, backend: backendDomain)
+    }
+
+    public func openEventChannels() throws(EventChannelError) -> SimEventChannelDevice {
+        try SimEventChannelDevice(hypervisor: hypervisor, domain: backendDomain)
+    }
+}
+
+/// Grant map, unmap and copy for one backend domain, with Xen v1's checks:
+/// the entry must permit access, name the backend, allow writing if asked;
+/// busy bits are held while a mapping or copy lasts.
+public final class SimGrants: GrantOperations {
+    let hypervisor: SimHypervisor
+    let backend: DomainID
+
+    init(hypervisor: SimHypervisor, backend: DomainID) {
+        self.hypervisor = hypervisor
+        self.backend = backend
+    }
+
+    public func map(_ refs: UnsafeBufferPointer<GrantRef>, of domain: DomainID, writable: Bool) throws(GrantError) -> GrantMapping {
+        guard !refs.isEmpty else { throw .invalidArgument("no grant references to map") }
+        let result: Result<GrantMapping, GrantError> = hypervisor.withState { s in
+            guard let granter = s.domains[domain.rawValue] else {
+                return .failure(.mapFailed(domain: domain, refs: Array(refs), statuses: Array(repeating: .badDomain, count: refs.count)))
+            }
+            var statuses: [GrantStatus] = []
+            var frames: [UInt32] = []
+            statuses.reserveCapacity(refs.count)
+            for ref in refs {
+                switch hypervisor.pin(ref.rawValue, of: granter, for: backend.rawValue, write: writable, in: &s) {
+                case .success(let frame): frames.append(frame); statuses.append(.okay)
+                case .failure(let status): frames.append(0); statuses.append(status)
+                }
+            }
+            func undoPins() {
+                for (ref, status) in zip(refs, statuses) where status.isOkay {
+                    hypervisor.unpin(ref.rawValue, of: granter, write: writable, in: &s)
+                }
+            }
+            guard statuses.allSatisfy(\.isOkay) else {
+                undoPins()
+                return .failure(.mapFailed(domain: domain, refs: Array(refs), statuses: statuses))
+            }
+            // One contiguous reservation, then each guest page mapped over its slot.
+            let bytes = refs.count * 4096
+            guard let reserved = mmap(nil, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), reserved != MAP_FAILED else {
+                undoPins()
+                return .failure(.system(operation: "mmap", errno: errno))
+            }
+            let protection = PROT_READ | (writable ? PROT_WRITE : 0)
+            for (i, frame) in frames.enumerated() {
+                let p = mmap(reserved + i * 4096, 4096, protection, MAP_SHARED | MAP_FIXED, granter.memory.fd, off_t(Int(frame) * 4096))
+                if p == MAP_FAILED {
+                    let e = errno
+                    munmap(reserved, bytes)
+                    undoPins()
+                    return .failure(.system(operation: "mmap", errno: e))
+                }
+            }
+            let handle = s.nextMapping
+            s.nextMapping += 1
+            s.mappings[handle] = SimHypervisor.Mapping(domain: domain.rawValue, backend: backend.rawValue,
+                                                       refs: refs.map(\.rawValue), writable: writable, base: reserved)
+            return .success(GrantMapping(base: reserved, pageCount: refs.count, domain: domain, writable: writable, handle: handle))
+        }
+        return try result.get()
+    }
+
+    public func unmap(_ mapping: GrantMapping) throws(GrantError) {
+        let result: Result<Void, GrantError> = hypervisor.withState { s in
+            guard let m = s.mappings.removeValue(forKey: mapping.handle), m.backend == backend.rawValue else {
+                return .failure(.invalidArgument("unknown grant mapping \(mapping.handle)"))
+            }
+            munmap(m.base, m.refs.count * 4096)
+            if let granter = s.domains[m.domain] {
+                for ref in m.refs { hypervisor.unpin(ref, of: granter, write: m.writable, in: &s) }
+            }
+            return .success(())
+        }
+        try result.get()
+    }
+
+    public func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError) {
+        hypervisor.withState { s in
+            for i in operations.indices {
+                operations[i].status = copyOne(operations[i], in: &s)
+            }
+        }
+    }
+
+    private func copyOne(_ op: GrantCopyOperation, in s: inout SimHypervisor.State) -> GrantStatus {
+        var pinned: [(SimDomain, UInt32, Bool)] = []
+        defer { for (d, ref, w) in pinned { hypervisor.unpin(ref, of: d, write: w, in: &s) } }
+        func resolve(_ end: GrantCopyEndpoint, write: Bool) -> Result<UnsafeMutableRawPointer, GrantStatus> {
+            switch end {
+            case .local(let p): return .success(p)
+            case .grant(let ref, let domain, let offset):
+                guard Int(offset) + Int(op.length) <= 4096 else { return .failure(.badCopyArgument) }
+                guard let granter = s.domains[domain.rawValue] else { return .failure(.badDomain) }
+                switch hypervisor.pin(ref.rawValue, of: granter, for: backend.rawValue, write: write, in: &s) {
+                case .failure(let status): return .failure(status)
+                case .success(let frame):
+                    pinned.append((granter, ref.rawValue, write))
+                    return .success(granter.memory.page(frame) + Int(offset))
+                }
+            }
+        }
+        let source: UnsafeMutableRawPointer, destination: UnsafeMutableRawPointer
+        switch resolve(op.source, write: false) {
+        case .failure(let status): return status
+        case .success(let p): source = p
+        }
+        switch resolve(op.destination, write: true) {
+        case .failure(let status): return status
+        case .success(let p): destination = p
+        }
+        // SAFETY: both ends are within one page (checked) of memory that
+        // stays mapped while the state lock is held.
+        memmove(destination, source, Int(op.length))
+        return .okay
+    }
+}
