@@ -1,0 +1,154 @@
+import CXenUAPI
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One system call as the funnel saw it; what the tests assert on.
+public enum SyscallRecord: Equatable, Sendable, CustomStringConvertible {
+    case open(path: String, flags: Int32)
+    case close(fd: Int32)
+    /// The argument struct's bytes as they were when the call was made.
+    case ioctl(fd: Int32, request: UInt, argument: [UInt8])
+    case mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64)
+    case munmap(length: Int)
+    case read(fd: Int32, count: Int)
+    case write(fd: Int32, bytes: [UInt8])
+
+    public var description: String {
+        switch self {
+        case .open(let p, let f): "open(\(p), \(f))"
+        case .close(let fd): "close(\(fd))"
+        case .ioctl(let fd, let r, let a): "ioctl(\(fd), 0x\(String(r, radix: 16)), \(a.count) bytes)"
+        case .mmap(let l, let p, let f, let fd, let o): "mmap(\(l), prot \(p), flags \(f), fd \(fd), offset 0x\(String(o, radix: 16)))"
+        case .munmap(let l): "munmap(\(l))"
+        case .read(let fd, let n): "read(\(fd), \(n))"
+        case .write(let fd, let b): "write(\(fd), \(b))"
+        }
+    }
+}
+
+/// What a mocked call does.
+public enum SyscallOutcome: Sendable {
+    /// Succeed with this return value (mmap/munmap: done for real on anonymous memory).
+    case result(Int)
+    /// Fail with this errno.
+    case error(Int32)
+}
+
+/// Plays the kernel for code under test (debug builds only): records every
+/// call that goes through the funnel and decides its outcome; the handler
+/// may also fill the argument (an ioctl's out fields, a read's buffer).
+public final class SyscallMock: @unchecked Sendable {
+    @TaskLocal public static var current: SyscallMock?
+
+    public typealias Handler = @Sendable (SyscallRecord, UnsafeMutableRawPointer?) -> SyscallOutcome
+    private let state: Mutex<[SyscallRecord]> = Mutex([])
+    let handler: Handler
+
+    public init(_ handler: @escaping Handler) { self.handler = handler }
+
+    public var records: [SyscallRecord] { state.withLock { $0 } }
+
+    func record(_ r: SyscallRecord, _ argument: UnsafeMutableRawPointer?) -> SyscallOutcome {
+        state.withLock { $0.append(r) }
+        return handler(r, argument)
+    }
+}
+
+/// An errno value from a failed call.
+struct Errno: Error, Equatable {
+    let code: Int32
+    init(_ code: Int32) { self.code = code }
+}
+
+/// The one place XenHost calls the kernel. Every call retries on EINTR and
+/// returns a Result carrying errno; in debug builds a task-local
+/// `SyscallMock` can stand in for the kernel.
+enum Syscall {
+    static func open(_ path: String, _ flags: Int32) -> Result<Int32, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current { return mocked(mock, .open(path: path, flags: flags), nil).map { Int32($0) } }
+        #endif
+        return retrying { Glibc.open(path, flags) }
+    }
+
+    static func close(_ fd: Int32) {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current { _ = mock.record(.close(fd: fd), nil); return }
+        #endif
+        _ = Glibc.close(fd)
+    }
+
+    /// `argument` points at a struct of `size` bytes that the kernel reads
+    /// and may write; the caller owns it for the duration of the call.
+    static func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, size: Int) -> Result<Int32, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            let bytes = argument.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+            return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), argument).map { Int32($0) }
+        }
+        #endif
+        return retrying { CXenUAPI_ioctl(fd, request, argument) }
+    }
+
+    static func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            switch mock.record(.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset), nil) {
+            case .error(let e): return .failure(Errno(e))
+            case .result:
+                let p = Glibc.mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
+            }
+        }
+        #endif
+        let p = Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
+        return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
+    }
+
+    static func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current { _ = mock.record(.munmap(length: length), address) }
+        #endif
+        _ = Glibc.munmap(address, length)
+    }
+
+    static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Result<Int, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current { return mocked(mock, .read(fd: fd, count: count), buffer) }
+        #endif
+        return retrying { Glibc.read(fd, buffer, count) }
+    }
+
+    static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Result<Int, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            return mocked(mock, .write(fd: fd, bytes: Array(UnsafeRawBufferPointer(start: buffer, count: count))), nil)
+        }
+        #endif
+        return retrying { Glibc.write(fd, buffer, count) }
+    }
+
+    private static func retrying<T: BinaryInteger>(_ call: () -> T) -> Result<T, Errno> {
+        while true {
+            let r = call()
+            if r >= 0 { return .success(r) }
+            let e = errno
+            if e != EINTR { return .failure(Errno(e)) }
+        }
+    }
+
+    #if ENABLE_MOCKING
+    /// A mocked call, retried on EINTR like a real one.
+    private static func mocked(_ mock: SyscallMock, _ record: SyscallRecord, _ argument: UnsafeMutableRawPointer?) -> Result<Int, Errno> {
+        while true {
+            switch mock.record(record, argument) {
+            case .result(let r): return .success(r)
+            case .error(let e) where e == EINTR: continue
+            case .error(let e): return .failure(Errno(e))
+            }
+        }
+    }
+    #endif
+}
