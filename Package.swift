@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "XenStoreProtocol"),
         .target(name: "XenBus", dependencies: ["XenStoreProtocol"]),
         .target(name: "XenPlatform"),
-        .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims"]),
+        .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore"]),
         .target(name: "CXenUAPI"),
         .target(name: "XenHost", dependencies: ["XenPlatform", "CXenUAPI"],
                 swiftSettings: [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
@@ -57,14 +57,14 @@ let package = Package(
         .target(
             name: "XenRingBenchmark",
             dependencies: [
-                "XenRing", "XenBlockProtocol", "CXenRingReference", "CXenShims",
+                "XenRing", "XenBlockProtocol", "CXenRingReference", "CXenShims", "XenPlatform",
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ]
         ),
         .executableTarget(
             name: "xenback",
             dependencies: [
-                "XenRingBenchmark", "XenStore",
+                "XenRingBenchmark", "XenStore", "XenSim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
-        .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol"]),
+        .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenProtocolTesting", "XenFuzzing"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),

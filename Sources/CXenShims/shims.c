@@ -1,7 +1,10 @@
 #include <errno.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <sched.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include "CXenShims.h"
 
 int CXenShims_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
@@ -31,3 +34,45 @@ void CXenShims_allocation_hook(long size) {
 
 long CXenShims_counted_allocations(void) { return __atomic_load_n(&counted_allocations, __ATOMIC_RELAXED); }
 void CXenShims_reset_counted_allocations(void) { __atomic_store_n(&counted_allocations, 0, __ATOMIC_RELAXED); }
+
+long CXenShims_send_with_fds(int socket, const void *buffer, unsigned long len, const int *fds, int count) {
+    if (count < 0 || count > 8) { errno = EINVAL; return -1; }
+    struct iovec iov = { .iov_base = (void *)buffer, .iov_len = len };
+    union { char space[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (count > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.space;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * count);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * count);
+    }
+    long n;
+    do { n = sendmsg(socket, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+long CXenShims_receive_with_fds(int socket, void *buffer, unsigned long len, int *fds, int max, int *count) {
+    struct iovec iov = { .iov_base = buffer, .iov_len = len };
+    union { char space[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space };
+    *count = 0;
+    long n;
+    do { n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int received = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *passed = (int *)CMSG_DATA(c);
+        for (int i = 0; i < received; i++) {
+            if (*count < max) fds[(*count)++] = passed[i];
+            else close(passed[i]);  /* more than the caller takes: do not leak */
+        }
+    }
+    return n;
+}
+
+int CXenShims_stream_socketpair(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }

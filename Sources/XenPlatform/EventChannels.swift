@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Why an event channel operation failed.
 public enum EventChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The remote port does not exist, is not offered to us, or is taken.
@@ -31,6 +35,17 @@ public protocol EventChannelDevice: AnyObject, Sendable {
     var fileDescriptor: Int32 { get }
     /// Takes pending ports, without blocking; returns how many were stored.
     func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int
+}
+
+extension EventChannelDevice {
+    /// Blocks until events are pending or `timeoutMilliseconds` pass (-1:
+    /// forever); true if events are pending.
+    public func wait(timeoutMilliseconds: Int32) -> Bool {
+        var p = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+        var n: Int32
+        repeat { n = poll(&p, 1, timeoutMilliseconds) } while n < 0 && errno == EINTR
+        return n > 0
+    }
 }
 
 /// One implementation of Xen for backends: real Xen (host) or the software

@@ -1,4 +1,5 @@
 import CXenShims
+import XenPlatform
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,32 +54,6 @@ enum EventChannelSim {
         var count: UInt64 = 0
         guard read(fd, &count, 8) == 8 else { throw .system("read(eventfd)", errno) }
     }
-}
-
-/// A joinable pthread running a closure (no Foundation on the data path).
-public struct JoinableThread: ~Copyable {
-    private var thread: pthread_t
-
-    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-
-    public init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            // SAFETY: arg is the retained Box passed below; this thread takes ownership.
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        self.thread = thread
-    }
-
-    public consuming func join() {
-        pthread_join(thread, nil)
-        discard self
-    }
-
-    deinit { pthread_join(thread, nil) }
 }
 
 /// Page-aligned anonymous memory standing in for a granted ring area.

@@ -2,6 +2,7 @@ import CXenRingReference
 import CXenShims
 import Synchronization
 import XenBlockProtocol
+import XenPlatform
 import XenRing
 #if canImport(Glibc)
 import Glibc

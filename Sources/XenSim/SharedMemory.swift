@@ -31,6 +31,19 @@ final class SharedPages: @unchecked Sendable {
         self.base = p
     }
 
+    /// Maps pages of a memfd another process created; takes ownership of `fd`.
+    init(adopting fd: Int32, pageCount: Int) throws(SimError) {
+        let p = mmap(nil, pageCount * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            close(fd)
+            throw .system("mmap", e)
+        }
+        self.fd = fd
+        self.pageCount = pageCount
+        self.base = p
+    }
+
     deinit {
         munmap(base, pageCount * 4096)
         close(fd)
@@ -45,6 +58,8 @@ public enum SimError: Error, Equatable, Sendable, CustomStringConvertible {
     case noSuchDomain(UInt16)
     case grantTableFull(UInt16)
     case frameOutOfRange(UInt32, pageCount: Int)
+    /// The sim server refused a request.
+    case remote(operation: String, errno: Int32)
 
     public var description: String {
         switch self {
@@ -53,6 +68,7 @@ public enum SimError: Error, Equatable, Sendable, CustomStringConvertible {
         case .noSuchDomain(let d): "no domain \(d)"
         case .grantTableFull(let d): "grant table of domain \(d) is full"
         case .frameOutOfRange(let f, let n): "frame \(f) is outside the guest's \(n) pages"
+        case .remote(let op, let e): "sim server refused \(op): \(String(cString: strerror(e)))"
         }
     }
 }

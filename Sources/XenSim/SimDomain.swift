@@ -42,6 +42,17 @@ public final class SimDomain: @unchecked Sendable {
         freeRefs = Mutex(Array((GrantFlags.reservedEntries..<grantEntries).reversed()))
     }
 
+    /// A domain whose memory and grant table another process created.
+    init(id: DomainID, memory: SharedPages, grantTable: SharedPages, grantEntries: UInt32, hypervisor: SimHypervisor) {
+        self.id = id
+        self.pageCount = memory.pageCount
+        self.memory = memory
+        self.grantTable = grantTable
+        grantEntryCount = grantEntries
+        self.hypervisor = hypervisor
+        freeRefs = Mutex(Array((GrantFlags.reservedEntries..<grantEntries).reversed()))
+    }
+
     /// The guest's own view of page `frame` (valid while the domain lives).
     public func page(_ frame: UInt32) -> UnsafeMutableRawPointer {
         precondition(Int(frame) < pageCount, "frame \(frame) outside \(pageCount) pages")

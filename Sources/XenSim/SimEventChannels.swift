@@ -30,6 +30,14 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
         self.domain = domain
     }
 
+    /// A device whose eventfd came from another process (`SimServer`): the
+    /// device takes ownership of `eventFD` and signals the client through it.
+    init(hypervisor: SimHypervisor, domain: DomainID, eventFD: Int32) {
+        self.fileDescriptor = eventFD
+        self.hypervisor = hypervisor
+        self.domain = domain
+    }
+
     deinit {
         for port in queue.withLock({ $0.bound }) { try? unbind(EventChannelPort(port)) }
         close(fileDescriptor)
@@ -138,12 +146,4 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
         }
     }
 
-    /// Blocks until the device is readable or `timeoutMilliseconds` pass;
-    /// true if readable.
-    public func wait(timeoutMilliseconds: Int32) -> Bool {
-        var p = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        var n: Int32
-        repeat { n = poll(&p, 1, timeoutMilliseconds) } while n < 0 && errno == EINTR
-        return n > 0
-    }
 }

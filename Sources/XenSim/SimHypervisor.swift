@@ -56,6 +56,16 @@ public final class SimHypervisor: @unchecked Sendable {
         return domain
     }
 
+    /// Adds a domain whose memfds came from another process.
+    @discardableResult
+    func attach(_ domain: SimDomain) -> SimDomain {
+        withState { s in
+            if let existing = s.domains[domain.id.rawValue] { return existing }
+            s.domains[domain.id.rawValue] = domain
+            return domain
+        }
+    }
+
     public func domain(_ id: DomainID) -> SimDomain? { withState { $0.domains[id.rawValue] } }
 
     /// Destroys a guest: its ports close (peers see them unbound).

@@ -66,6 +66,22 @@ public final class XenStoreClient: Sendable {
         return XenStoreClient(channel: channel, handler: handler)
     }
 
+    /// Speaks xenstore over an already connected stream socket (a sim
+    /// guest's connection); takes ownership of `fd`.
+    public static func connect(fileDescriptor fd: Int32,
+                               group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> XenStoreClient {
+        let handler = ClientHandler()
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .withConnectedSocket(fd).get()
+        return XenStoreClient(channel: channel, handler: handler)
+    }
+
     public static var defaultSocketPath: String {
         if let p = getenv("XENSTORED_PATH") { return String(cString: p) }
         return "/var/run/xenstored/socket"

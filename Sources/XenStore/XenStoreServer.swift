@@ -58,6 +58,20 @@ public final class XenStoreServer: Service, @unchecked Sendable {
         logger.info("xenstored stopped")
     }
 
+    /// Serves an already connected stream socket as a client acting as
+    /// `domain` (the sim hands guests such a socket instead of a ring page).
+    /// Takes ownership of `socket`.
+    public func adopt(socket: Int32, domain: UInt32) async throws {
+        _ = try await ClientBootstrap(group: group)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler(server: self, domain: domain))
+                }
+            }
+            .withConnectedSocket(socket).get()
+    }
+
     /// Runs `body` on the engine's event loop (tests, the toolstack stand-in).
     public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) async throws -> R {
         try await loop.submit { [engine] in body(engine) }.get()
@@ -66,12 +80,16 @@ public final class XenStoreServer: Service, @unchecked Sendable {
     final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = XenStoreMessage
         let server: XenStoreServer
+        let domain: UInt32
         var id: XenStoreEngine.ConnectionID?
 
-        init(server: XenStoreServer) { self.server = server }
+        init(server: XenStoreServer, domain: UInt32 = 0) {
+            self.server = server
+            self.domain = domain
+        }
 
         func channelActive(context: ChannelHandlerContext) {
-            let id = server.engine.connect(domain: 0)
+            let id = server.engine.connect(domain: domain)
             self.id = id
             server.channels[id] = context.channel
             context.fireChannelActive()

@@ -24,4 +24,13 @@ void CXenShims_count_allocations_on_this_thread(int enabled);
 void CXenShims_allocation_hook(long size);
 long CXenShims_counted_allocations(void);
 void CXenShims_reset_counted_allocations(void);
+/// sendmsg(2) of `len` bytes with up to 8 file descriptors as SCM_RIGHTS.
+/// Returns bytes sent or -1 (errno set).
+long CXenShims_send_with_fds(int socket, const void *buffer, unsigned long len, const int *fds, int count);
+/// recvmsg(2) into `buffer`, storing up to `max` passed descriptors in `fds`
+/// and their number in `*count` (close-on-exec). Returns bytes read, 0 at
+/// end of stream, or -1 (errno set).
+long CXenShims_receive_with_fds(int socket, void *buffer, unsigned long len, int *fds, int max, int *count);
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+int CXenShims_stream_socketpair(int fds[2]);
 #endif

@@ -1,0 +1,175 @@
+import CXenShims
+import Logging
+import Synchronization
+import XenPlatform
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Shares one software hypervisor and its xenstored with other processes:
+/// a backend daemon in one, frontend drivers in others. Guest memory and
+/// grant tables travel as memfds, event channels as eventfds, xenstore
+/// connections as sockets bound to a domain (protocols/sim.md).
+public final class SimServer: @unchecked Sendable {
+    public let socketPath: String
+    public let hypervisor: SimHypervisor
+    public let xenstore: XenStoreServer
+    let logger: Logger
+    let listener: Int32
+    private let accepting = Mutex<JoinableThreadBox?>(nil)
+
+    final class JoinableThreadBox: @unchecked Sendable {
+        var thread: JoinableThread?
+        init(_ t: consuming JoinableThread) { thread = consume t }
+    }
+
+    /// Binds `socketPath` (replacing a stale socket) and serves until `stop()`.
+    public init(socketPath: String, hypervisor: SimHypervisor = SimHypervisor(), xenstore: XenStoreServer,
+                logger: Logger = Logger(label: "xenback.sim")) throws(SimError) {
+        self.socketPath = socketPath
+        self.hypervisor = hypervisor
+        self.xenstore = xenstore
+        self.logger = logger
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system("socket", errno) }
+        unlink(socketPath)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array(socketPath.utf8)
+        guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { close(fd); throw .system("socket path too long", ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else { let e = errno; close(fd); throw .system("bind/listen \(socketPath)", e) }
+        listener = fd
+    }
+
+    /// Starts accepting clients, a thread each (clients are few and long-lived).
+    public func start() {
+        let thread = JoinableThread { [self] in
+            while true {
+                let client = accept(listener, nil, nil)
+                if client < 0 {
+                    if errno == EINTR { continue }
+                    return  // shut down
+                }
+                _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+                JoinableThread { [self] in serve(client) }.detach()
+            }
+        }
+        let box = JoinableThreadBox(thread)
+        accepting.withLock { $0 = box }
+    }
+
+    /// Stops accepting; connected clients are served until they close.
+    public func stop() {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+        unlink(socketPath)
+        if let box = accepting.withLock({ b -> JoinableThreadBox? in defer { b = nil }; return b }) {
+            box.thread.take()?.join()
+        }
+    }
+
+    /// One client: requests in order until it hangs up; its event channel
+    /// devices die with the connection.
+    func serve(_ client: Int32) {
+        var devices: [UInt32: SimEventChannelDevice] = [:]
+        var nextDevice: UInt32 = 1
+        defer {
+            for device in devices.values { device.closeAll() }
+            close(client)
+        }
+        while let (words, fds) = SimWire.receive(client) {
+            let request = words + [UInt32](repeating: 0, count: max(0, 5 - words.count))
+            let (reply, replyFDs, keepFDs) = handle(request, fds, &devices, &nextDevice)
+            _ = SimWire.send(client, reply, fds: replyFDs)
+            for fd in replyFDs where !keepFDs { close(fd) }
+        }
+    }
+
+    private func handle(_ r: [UInt32], _ fds: [Int32], _ devices: inout [UInt32: SimEventChannelDevice],
+                        _ nextDevice: inout UInt32) -> ([UInt32], [Int32], Bool) {
+        func failure(_ e: Int32) -> ([UInt32], [Int32], Bool) {
+            for fd in fds { close(fd) }
+            return ([UInt32(bitPattern: -e)], [], false)
+        }
+        guard let op = SimOp(rawValue: r[0]) else { return failure(EINVAL) }
+        let domain = DomainID(UInt16(truncatingIfNeeded: r[1]))
+        switch op {
+        case .createDomain, .attachDomain:
+            let d: SimDomain
+            if op == .createDomain {
+                guard r[2] > 0, r[2] <= 1 << 20, r[3] > GrantFlags.reservedEntries, r[3] <= 1 << 20 else { return failure(EINVAL) }
+                do { d = try hypervisor.createDomain(domain, pages: Int(r[2]), grantEntries: r[3]) } catch { return failure(EEXIST) }
+                logger.info("domain created", metadata: ["domid": "\(domain.rawValue)", "pages": "\(r[2])"])
+            } else {
+                guard let existing = hypervisor.domain(domain) else { return failure(ENOENT) }
+                d = existing
+            }
+            // Dups, closed after sending: the receiver gets its own references.
+            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd)], false)
+        case .destroyDomain:
+            guard hypervisor.domain(domain) != nil else { return failure(ENOENT) }
+            hypervisor.destroyDomain(domain)
+            return ([0], [], false)
+        case .xenstoreConnect:
+            var pair: [Int32] = [-1, -1]
+            guard CXenShims_stream_socketpair(&pair) == 0 else { return failure(errno) }
+            let ours = pair[0]
+            let xs = xenstore
+            Task {
+                do { try await xs.adopt(socket: ours, domain: UInt32(domain.rawValue)) } catch { close(ours) }
+            }
+            // The adoption registers the connection before the client talks;
+            // requests sent meanwhile wait in the socket.
+            return ([0], [pair[1]], false)
+        case .eventsOpen:
+            guard fds.count == 1 else { return failure(EINVAL) }
+            let id = nextDevice
+            nextDevice += 1
+            devices[id] = SimEventChannelDevice(hypervisor: hypervisor, domain: domain, eventFD: fds[0])
+            return ([0, id], [], false)
+        default:
+            guard let device = devices[r[1]] else { return failure(EBADF) }
+            do throws(EventChannelError) {
+                switch op {
+                case .allocUnbound:
+                    return ([0, device.allocateUnbound(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2]))).rawValue], [], false)
+                case .bind:
+                    let port = try device.bindInterdomain(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2])), remotePort: EventChannelPort(r[3]))
+                    return ([0, port.rawValue], [], false)
+                case .notify: try device.notify(EventChannelPort(r[2])); return ([0], [], false)
+                case .unmask: try device.unmask(EventChannelPort(r[2])); return ([0], [], false)
+                case .unbind: try device.unbind(EventChannelPort(r[2])); return ([0], [], false)
+                case .pending:
+                    let limit = Int(min(r[2], UInt32(SimWire.maximumWords - 2)))
+                    var ports = [EventChannelPort](repeating: EventChannelPort(0), count: limit)
+                    let n = try ports.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try device.takePending(into: b) }
+                    return ([0, UInt32(n)] + ports.prefix(n).map(\.rawValue), [], false)
+                case .eventsClose:
+                    device.closeAll()
+                    devices[r[1]] = nil
+                    return ([0], [], false)
+                default:
+                    return failure(EINVAL)
+                }
+            } catch {
+                switch error {
+                case .cannotBind: return failure(EBUSY)
+                case .notBound: return failure(ENOTCONN)
+                case .system(_, let e): return failure(e)
+                }
+            }
+        }
+    }
+}
+
+extension SimEventChannelDevice {
+    /// Unbinds every port (a client went away).
+    func closeAll() {
+        for port in queue.withLock({ $0.bound }) { try? unbind(EventChannelPort(port)) }
+    }
+}
