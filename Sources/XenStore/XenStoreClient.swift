@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOPosix
 import XenStoreProtocol
@@ -14,6 +17,8 @@ public enum XenStoreClientError: Error, Equatable, Sendable, CustomStringConvert
     case connectionClosed
     /// A transaction kept conflicting.
     case transactionRetriesExhausted(Int)
+    /// No xenstore to connect to at this path.
+    case unavailable(path: String, errno: Int32)
 
     public var code: XenStoreErrorCode? {
         if case .failed(let c, _, _) = self { return c }
@@ -27,6 +32,7 @@ public enum XenStoreClientError: Error, Equatable, Sendable, CustomStringConvert
         case .unexpectedReply(let s): "unexpected xenstore reply: \(s)"
         case .connectionClosed: "xenstore connection closed"
         case .transactionRetriesExhausted(let n): "xenstore transaction still conflicting after \(n) attempts"
+        case .unavailable(let path, let e): "cannot open xenstore at \(path): errno \(e)"
         }
     }
 }
@@ -80,6 +86,40 @@ public final class XenStoreClient: Sendable {
             }
             .withConnectedSocket(fd).get()
         return XenStoreClient(channel: channel, handler: handler)
+    }
+
+    /// Speaks xenstore through a character device or pipe-like descriptor
+    /// (/dev/xen/xenbus in a guest or driver domain without xenstored's
+    /// socket); takes ownership of `fd`.
+    public static func connect(pipeDescriptor fd: Int32,
+                               group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> XenStoreClient {
+        let handler = ClientHandler()
+        let channel = try await NIOPipeBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .takingOwnershipOfDescriptor(inputOutput: fd).get()
+        return XenStoreClient(channel: channel, handler: handler)
+    }
+
+    /// Opens /dev/xen/xenbus (or another xenbus device path).
+    public static func connect(xenbusDevice path: String = "/dev/xen/xenbus") async throws -> XenStoreClient {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw XenStoreClientError.unavailable(path: path, errno: errno) }
+        return try await connect(pipeDescriptor: fd)
+    }
+
+    /// xenstored the way Xen's libxenstore finds it: the socket named by
+    /// XENSTORED_PATH or the default socket if it exists, else /dev/xen/xenbus.
+    public static func connectToSystem() async throws -> XenStoreClient {
+        let socket = defaultSocketPath
+        if getenv("XENSTORED_PATH") != nil || access(socket, F_OK) == 0 {
+            return try await connect(socketPath: socket)
+        }
+        return try await connect(xenbusDevice: "/dev/xen/xenbus")
     }
 
     public static var defaultSocketPath: String {

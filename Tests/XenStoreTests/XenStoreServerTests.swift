@@ -157,3 +157,28 @@ func readLine(from pipe: UnsafeMutablePointer<FILE>) -> String? {
         for input in inputs { input.bytes.withUnsafeBytes { XenStoreServerFuzzer.run($0) } }
     }
 }
+
+@Suite struct XenbusDeviceTransportTests {
+    /// The /dev/xen/xenbus path (a pipe-like descriptor) against our server,
+    /// with a socketpair standing in for the device.
+    @Test func clientOverAPipeLikeDescriptor() async throws {
+        try await withServer { server, _ in
+            var pair: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+            try await server.adopt(socket: pair[0], domain: 0)
+            let c = try await XenStoreClient.connect(pipeDescriptor: pair[1])
+            try await c.write("/via/xenbus", "yes")
+            #expect(try await c.readString("/via/xenbus") == "yes")
+            let (token, events) = try await c.watch("/via")
+            var it = events.makeAsyncIterator()
+            #expect(await it.next()?.token == token)
+            await c.close()
+        }
+    }
+
+    @Test func missingDeviceIsAClearError() async {
+        await #expect(throws: XenStoreClientError.unavailable(path: "/nonexistent/xenbus", errno: ENOENT)) {
+            try await XenStoreClient.connect(xenbusDevice: "/nonexistent/xenbus")
+        }
+    }
+}
