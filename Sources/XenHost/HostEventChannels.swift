@@ -89,5 +89,5 @@ public struct HostPlatform: XenPlatform {
     }
 
     /// Real Xen is there when the kernel's Xen devices are.
-    public static var isAvailable: Bool { access("/dev/xen/gntdev", F_OK) == 0 && access("/dev/xen/evtchn", F_OK) == 0 }
+    public static var isAvailable: Bool { PlatformKind.xenDevicesPresent }
 }

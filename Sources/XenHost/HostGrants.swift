@@ -91,6 +91,19 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
         if case .failure(let failure) = result { throw .system(operation: "IOCTL_GNTDEV_UNMAP_GRANT_REF", errno: failure.code) }
     }
 
+    public func setUnmapNotify(_ mapping: GrantMapping, clearingByteAt offset: Int?, notifying port: EventChannelPort?) throws(GrantError) {
+        if let offset, !(0..<mapping.byteCount).contains(offset) {
+            throw .invalidArgument("unmap-notify byte \(offset) is outside the \(mapping.byteCount)-byte mapping")
+        }
+        // struct ioctl_gntdev_unmap_notify: index (of the byte), action, event_channel_port.
+        var action: UInt32 = 0
+        if offset != nil { action |= CXenUAPI_UNMAP_NOTIFY_CLEAR_BYTE }
+        if port != nil { action |= CXenUAPI_UNMAP_NOTIFY_SEND_EVENT }
+        var arg: (UInt64, UInt32, UInt32) = (mapping.handle + UInt64(offset ?? 0), action, port?.rawValue ?? 0)
+        let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_SET_UNMAP_NOTIFY, $0.baseAddress, size: 16) }
+        if case .failure(let failure) = result { throw .system(operation: "IOCTL_GNTDEV_SET_UNMAP_NOTIFY", errno: failure.code) }
+    }
+
     /// Segments per ioctl; larger batches are split.
     static let batchLimit = 64
 

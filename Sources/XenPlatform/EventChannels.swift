@@ -60,3 +60,19 @@ public protocol XenPlatform: Sendable {
     /// A new event channel device (one per ring worker, like an evtchn fd).
     func openEventChannels() throws(EventChannelError) -> Events
 }
+
+/// Which Xen a program runs on: real Xen (host), the software hypervisor
+/// (sim), or whichever is there (auto: host when /dev/xen has the grant and
+/// event channel devices).
+public enum PlatformKind: String, Sendable, CaseIterable {
+    case auto, host, sim
+
+    /// `auto` decided: host if the Xen devices exist, sim otherwise.
+    public func resolved(xenDevicesPresent: Bool = PlatformKind.xenDevicesPresent) -> PlatformKind {
+        self == .auto ? (xenDevicesPresent ? .host : .sim) : self
+    }
+
+    public static var xenDevicesPresent: Bool {
+        access("/dev/xen/gntdev", F_OK) == 0 && access("/dev/xen/evtchn", F_OK) == 0
+    }
+}

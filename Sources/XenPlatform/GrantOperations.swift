@@ -73,6 +73,11 @@ public protocol GrantOperations: AnyObject, Sendable {
     /// Runs a batch of copies, setting each operation's status. Throws only
     /// when the batch as a whole could not be run.
     func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError)
+    /// When `mapping` goes away, however that happens (unmap, or the backend
+    /// process dying on real Xen), zero the byte at `clearingByteAt` in it
+    /// and/or notify `port` (one of our bound ports), so the guest learns its
+    /// backend is gone (gntdev's unmap notification).
+    func setUnmapNotify(_ mapping: GrantMapping, clearingByteAt offset: Int?, notifying port: EventChannelPort?) throws(GrantError)
 }
 
 extension GrantOperations {

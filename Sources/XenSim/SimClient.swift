@@ -209,6 +209,12 @@ public final class RemoteSimGrants: GrantOperations {
 
     public func unmap(_ mapping: GrantMapping) throws(GrantError) { try inner.unmap(mapping) }
 
+    /// Clearing works across processes (the memfd is shared); the event is
+    /// sent only if the port is known to this process's hypervisor view.
+    public func setUnmapNotify(_ mapping: GrantMapping, clearingByteAt offset: Int?, notifying port: EventChannelPort?) throws(GrantError) {
+        try inner.setUnmapNotify(mapping, clearingByteAt: offset, notifying: port)
+    }
+
     public func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError) {
         for op in operations {
             for end in [op.source, op.destination] { if case .grant(_, let d, _) = end { attach(d) } }

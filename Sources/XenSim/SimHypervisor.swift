@@ -22,6 +22,8 @@ public final class SimHypervisor: @unchecked Sendable {
         var refs: [UInt32]
         var writable: Bool
         var base: UnsafeMutableRawPointer
+        var clearByte: Int?
+        var notifyPort: UInt32?
     }
 
     struct State {

@@ -76,24 +76,43 @@ public final class SimGrants: GrantOperations {
             let handle = s.nextMapping
             s.nextMapping += 1
             s.mappings[handle] = SimHypervisor.Mapping(domain: domain.rawValue, backend: backend.rawValue,
-                                                       refs: refs.map(\.rawValue), writable: writable, base: reserved)
+                                                       refs: refs.map(\.rawValue), writable: writable, base: reserved,
+                                                       clearByte: nil, notifyPort: nil)
             return .success(GrantMapping(base: reserved, pageCount: refs.count, domain: domain, writable: writable, handle: handle))
         }
         return try result.get()
     }
 
     public func unmap(_ mapping: GrantMapping) throws(GrantError) {
-        let result: Result<Void, GrantError> = hypervisor.withState { s in
+        let result: Result<(SimEventChannelDevice, UInt32)?, GrantError> = hypervisor.withState { s in
             guard let m = s.mappings.removeValue(forKey: mapping.handle), m.backend == backend.rawValue else {
                 return .failure(.invalidArgument("unknown grant mapping \(mapping.handle)"))
             }
+            if let offset = m.clearByte, m.writable { m.base.storeBytes(of: UInt8(0), toByteOffset: offset, as: UInt8.self) }
             munmap(m.base, m.refs.count * 4096)
             if let granter = s.domains[m.domain] {
                 for ref in m.refs { hypervisor.unpin(ref, of: granter, write: m.writable, in: &s) }
             }
-            return .success(())
+            // The notification goes to the peer of our port, as EVTCHNOP_send would.
+            guard let port = m.notifyPort,
+                  case .interdomain(let remote)? = s.ports[.init(domain: backend.rawValue, port: port)]?.state,
+                  let device = s.ports[remote]?.device else { return .success(nil) }
+            return .success((device, remote.port))
         }
-        try result.get()
+        if let (device, port) = try result.get() { device.raise(port) }
+    }
+
+    public func setUnmapNotify(_ mapping: GrantMapping, clearingByteAt offset: Int?, notifying port: EventChannelPort?) throws(GrantError) {
+        if let offset, !(0..<mapping.byteCount).contains(offset) {
+            throw .invalidArgument("unmap-notify byte \(offset) is outside the \(mapping.byteCount)-byte mapping")
+        }
+        let known = hypervisor.withState { s -> Bool in
+            guard s.mappings[mapping.handle]?.backend == backend.rawValue else { return false }
+            s.mappings[mapping.handle]!.clearByte = offset
+            s.mappings[mapping.handle]!.notifyPort = port?.rawValue
+            return true
+        }
+        guard known else { throw .invalidArgument("unknown grant mapping \(mapping.handle)") }
     }
 
     public func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError) {

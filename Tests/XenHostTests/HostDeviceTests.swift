@@ -54,6 +54,26 @@ func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array(
         ])
     }
 
+    @Test func unmapNotifyAsksTheKernelToClearAndSignal() throws {
+        let mock = SyscallMock { record, argument in
+            if case .open = record { return .result(3) }
+            if case .ioctl(_, CXenUAPI_IOCTL_GNTDEV_MAP_GRANT_REF, _) = record {
+                argument!.storeBytes(of: UInt64(0x5000), toByteOffset: 8, as: UInt64.self)
+            }
+            return .result(0)
+        }
+        try SyscallMock.$current.withValue(mock) {
+            let grants = try HostGrants()
+            let m = try grants.map([GrantRef(8)], of: DomainID(4), writable: true)
+            #expect(throws: GrantError.self) { try grants.setUnmapNotify(m, clearingByteAt: 4096, notifying: nil) }
+            try grants.setUnmapNotify(m, clearingByteAt: 12, notifying: EventChannelPort(33))
+        }
+        let notify = mock.records.filter { if case .ioctl(_, CXenUAPI_IOCTL_GNTDEV_SET_UNMAP_NOTIFY, _) = $0 { return true }; return false }
+        #expect(notify == [.ioctl(fd: 3, request: CXenUAPI_IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+                                  argument: le64(0x5000 + 12) + le32(CXenUAPI_UNMAP_NOTIFY_CLEAR_BYTE | CXenUAPI_UNMAP_NOTIFY_SEND_EVENT) + le32(33))],
+                "one ioctl: the rejected offset never reached the kernel")
+    }
+
     @Test func readOnlyMappingAsksForReadOnlyPages() throws {
         let mock = SyscallMock { record, _ in if case .open = record { return .result(3) }; return .result(0) }
         try SyscallMock.$current.withValue(mock) {
@@ -234,7 +254,12 @@ func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array(
         }
     }
 
-    @Test func hostIsDetectedOnlyWithXenDevices() {
+    @Test func platformChoice() {
+        #expect(PlatformKind.auto.resolved(xenDevicesPresent: true) == .host)
+        #expect(PlatformKind.auto.resolved(xenDevicesPresent: false) == .sim)
+        #expect(PlatformKind.sim.resolved(xenDevicesPresent: true) == .sim, "a flag overrides detection")
+        #expect(PlatformKind.host.resolved(xenDevicesPresent: false) == .host)
         #expect(HostPlatform.isAvailable == (access("/dev/xen/gntdev", F_OK) == 0 && access("/dev/xen/evtchn", F_OK) == 0))
+        #expect(PlatformKind(rawValue: "kvm") == nil)
     }
 }

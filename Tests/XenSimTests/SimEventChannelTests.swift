@@ -63,3 +63,25 @@ import XenPlatform
         _ = hv
     }
 }
+
+@Suite struct SimUnmapNotifyTests {
+    @Test func unmapClearsTheByteAndKicksTheGuest() throws {
+        let hv = SimHypervisor()
+        try hv.createDomain(.dom0, pages: 1)
+        let guest = try hv.createDomain(DomainID(2), pages: 4)
+        let grants = hv.platform(for: .dom0).grants
+        let guestEvents = try guest.openEventChannels()
+        let offered = guestEvents.allocateUnbound(remoteDomain: .dom0)
+        let backendEvents = try hv.platform(for: .dom0).openEventChannels()
+        let port = try backendEvents.bindInterdomain(remoteDomain: guest.id, remotePort: offered)
+        guest.page(1).storeBytes(of: UInt8(0xFF), toByteOffset: 4100 - 4096, as: UInt8.self)
+        let ref = try guest.grantAccess(to: .dom0, frame: 1, readOnly: false)
+        let m = try grants.map([ref], of: guest.id, writable: true)
+        #expect(throws: GrantError.self) { try grants.setUnmapNotify(m, clearingByteAt: 4096, notifying: nil) }
+        try grants.setUnmapNotify(m, clearingByteAt: 4, notifying: port)
+        #expect(!guestEvents.wait(timeoutMilliseconds: 0))
+        try grants.unmap(m)
+        #expect(guest.page(1).load(fromByteOffset: 4, as: UInt8.self) == 0, "the byte is cleared")
+        #expect(guestEvents.wait(timeoutMilliseconds: 1000), "the guest is notified")
+    }
+}
