@@ -12,7 +12,7 @@ final class SharedPages: @unchecked Sendable {
     /// This process's view of all pages; valid until deinit.
     let base: UnsafeMutableRawPointer
 
-    init(name: String, pageCount: Int) throws(SimError) {
+    convenience init(name: String, pageCount: Int) throws(SimError) {
         let fd = CXenShims_memfd_create(name, CXenShims_MFD_CLOEXEC)
         guard fd >= 0 else { throw .system("memfd_create", errno) }
         guard ftruncate(fd, off_t(pageCount * 4096)) == 0 else {
@@ -20,15 +20,7 @@ final class SharedPages: @unchecked Sendable {
             close(fd)
             throw .system("ftruncate", e)
         }
-        let p = mmap(nil, pageCount * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else {
-            let e = errno
-            close(fd)
-            throw .system("mmap", e)
-        }
-        self.fd = fd
-        self.pageCount = pageCount
-        self.base = p
+        try self.init(adopting: fd, pageCount: pageCount)
     }
 
     /// Maps pages of a memfd another process created; takes ownership of `fd`.

@@ -19,14 +19,8 @@ public final class SimClient: @unchecked Sendable {
     public init(socketPath: String) throws(SimError) {
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system("socket", errno) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let path = Array(socketPath.utf8)
-        guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { close(fd); throw .system("socket path too long", ENAMETOOLONG) }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let connected: Int32
+        do { connected = try SimWire.withAddress(socketPath) { connect(fd, $0, $1) } } catch { close(fd); throw error }
         guard connected == 0 else { let e = errno; close(fd); throw .system("connect \(socketPath)", e) }
         socket = fd
     }

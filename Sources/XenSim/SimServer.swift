@@ -34,14 +34,8 @@ public final class SimServer: @unchecked Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system("socket", errno) }
         unlink(socketPath)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let path = Array(socketPath.utf8)
-        guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { close(fd); throw .system("socket path too long", ENAMETOOLONG) }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let bound: Int32
+        do { bound = try SimWire.withAddress(socketPath) { bind(fd, $0, $1) } } catch { close(fd); throw error }
         guard bound == 0, listen(fd, 16) == 0 else { let e = errno; close(fd); throw .system("bind/listen \(socketPath)", e) }
         listener = fd
     }

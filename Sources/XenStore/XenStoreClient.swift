@@ -56,18 +56,21 @@ public final class XenStoreClient: Sendable {
         self.handler = handler
     }
 
+    /// Framing, then request/reply matching, on a new channel.
+    private static func install(_ handler: ClientHandler, on channel: Channel) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
+    }
+
     /// Connects to xenstored's socket (`XENSTORED_PATH`, by default
     /// /var/run/xenstored/socket).
     public static func connect(socketPath: String,
                                group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> XenStoreClient {
         let handler = ClientHandler()
         let channel = try await ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { channel in install(handler, on: channel) }
             .connect(unixDomainSocketPath: socketPath).get()
         return XenStoreClient(channel: channel, handler: handler)
     }
@@ -78,12 +81,7 @@ public final class XenStoreClient: Sendable {
                                group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> XenStoreClient {
         let handler = ClientHandler()
         let channel = try await ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { channel in install(handler, on: channel) }
             .withConnectedSocket(fd).get()
         return XenStoreClient(channel: channel, handler: handler)
     }
@@ -95,12 +93,7 @@ public final class XenStoreClient: Sendable {
                                group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> XenStoreClient {
         let handler = ClientHandler()
         let channel = try await NIOPipeBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XenStoreFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+            .channelInitializer { channel in install(handler, on: channel) }
             .takingOwnershipOfDescriptor(inputOutput: fd).get()
         return XenStoreClient(channel: channel, handler: handler)
     }
@@ -245,9 +238,12 @@ public final class XenStoreClient: Sendable {
 
     /// Runs `body` in a transaction and commits it, starting over when
     /// xenstored reports a conflict (EAGAIN); aborts if `body` throws.
-    public func withTransaction<R: Sendable>(maximumAttempts: Int = 32,
+    /// Between attempts it backs off for a random, growing time (up to
+    /// about 16 ms), so a client that keeps losing to a faster one is not
+    /// starved.
+    public func withTransaction<R: Sendable>(maximumAttempts: Int = 128,
                                              _ body: (UInt32) async throws -> R) async throws -> R {
-        for _ in 0..<maximumAttempts {
+        for attempt in 0..<maximumAttempts {
             let id = try await startTransaction()
             let result: R
             do { result = try await body(id) } catch {
@@ -258,6 +254,8 @@ public final class XenStoreClient: Sendable {
                 try await endTransaction(id, commit: true)
                 return result
             } catch XenStoreClientError.failed(.tryAgain, _, _) {
+                let ceiling = 1 << min(attempt, 14)  // microseconds
+                try await Task.sleep(for: .microseconds(Int.random(in: 0...ceiling)))
                 continue
             }
         }

@@ -37,11 +37,7 @@ struct SimServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "xenback.sim")
         let service = SimService(socket: socket, xenstoreSocket: xenstoreSocket, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [.init(service: service)],

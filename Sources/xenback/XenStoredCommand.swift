@@ -21,11 +21,7 @@ struct XenStoredCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "xenback.xenstored")
         let server = XenStoreServer(socketPath: socket, logger: logger)
         let group = ServiceGroup(configuration: .init(
@@ -37,3 +33,12 @@ struct XenStoredCommand: AsyncParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Logs to standard error at `level`; only executables bootstrap logging.
+func bootstrapLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
