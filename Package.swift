@@ -19,6 +19,8 @@ let package = Package(
         .library(name: "XenPlatform", targets: ["XenPlatform"]),
         .library(name: "XenSim", targets: ["XenSim"]),
         .library(name: "XenHost", targets: ["XenHost"]),
+        .library(name: "XenBlockBackend", targets: ["XenBlockBackend"]),
+        .library(name: "XenStoreCore", targets: ["XenStoreCore"]),
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
         .executable(name: "xenback", targets: ["xenback"]),
@@ -39,10 +41,12 @@ let package = Package(
         .target(name: "XenPlatform"),
         .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore"]),
         .target(name: "CXenUAPI"),
+        .target(name: "XenBlockBackend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "CXenShims"]),
         .target(name: "XenHost", dependencies: ["XenPlatform", "CXenUAPI"],
                 swiftSettings: [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
+        .target(name: "XenStoreCore", dependencies: ["XenStoreProtocol"]),
         .target(name: "XenStore", dependencies: [
-            "XenStoreProtocol",
+            "XenStoreProtocol", "XenStoreCore",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -72,7 +76,7 @@ let package = Package(
         ),
         // The fuzz targets' logic, shared by tools/fuzz (libFuzzer) and the
         // tests that replay seed and regression inputs.
-        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStore", "XenBus"]),
+        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStoreCore", "XenBus"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
         .target(name: "XenProtocolTesting", path: "Sources/XenProtocolTesting"),
@@ -83,10 +87,11 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
+        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenProtocolTesting", "XenFuzzing"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenStoreCore", "XenProtocolTesting", "XenFuzzing"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenProtocolTesting", "XenFuzzing"]),
     ]
 )

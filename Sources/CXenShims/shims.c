@@ -5,6 +5,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
 #include "CXenShims.h"
 
 int CXenShims_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
@@ -76,3 +79,21 @@ long CXenShims_receive_with_fds(int socket, void *buffer, unsigned long len, int
 }
 
 int CXenShims_stream_socketpair(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
+
+int CXenShims_punch_hole(int fd, long long offset, long long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int CXenShims_block_device_geometry(int fd, unsigned long long *bytes, int *logical, int *physical) {
+    unsigned int pbs = 0;
+    if (ioctl(fd, BLKGETSIZE64, bytes) != 0) return -1;
+    if (ioctl(fd, BLKSSZGET, logical) != 0) return -1;
+    if (ioctl(fd, BLKPBSZGET, &pbs) != 0) pbs = (unsigned int)*logical;
+    *physical = (int)pbs;
+    return 0;
+}
+
+int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long long length, int secure) {
+    unsigned long long range[2] = { offset, length };
+    return ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range);
+}

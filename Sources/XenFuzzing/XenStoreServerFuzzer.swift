@@ -1,4 +1,4 @@
-import XenStore
+import XenStoreCore
 import XenStoreProtocol
 
 /// Any bytes from up to four xenstore clients (dom0 and guests) against the

@@ -1,5 +1,5 @@
 import Testing
-@testable import XenStore
+import XenStoreCore
 import XenStoreProtocol
 
 /// A client of the engine, for tests: sends requests, returns the reply,

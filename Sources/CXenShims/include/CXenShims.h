@@ -31,6 +31,12 @@ long CXenShims_send_with_fds(int socket, const void *buffer, unsigned long len, 
 /// and their number in `*count` (close-on-exec). Returns bytes read, 0 at
 /// end of stream, or -1 (errno set).
 long CXenShims_receive_with_fds(int socket, void *buffer, unsigned long len, int *fds, int max, int *count);
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): discard on a file.
+int CXenShims_punch_hole(int fd, long long offset, long long length);
+/// Block device geometry (BLKGETSIZE64, BLKSSZGET, BLKPBSZGET); 0 or -1.
+int CXenShims_block_device_geometry(int fd, unsigned long long *bytes, int *logical, int *physical);
+/// BLKDISCARD / BLKSECDISCARD on a block device range; 0 or -1.
+int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long long length, int secure);
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
 int CXenShims_stream_socketpair(int fds[2]);
 #endif

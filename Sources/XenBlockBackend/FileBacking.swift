@@ -1,0 +1,96 @@
+import CXenShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum BackingError: Error, Equatable, Sendable, CustomStringConvertible {
+    case open(path: String, errno: Int32)
+    case notADisk(path: String)
+    case io(operation: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .open(let p, let e): "cannot open \(p): \(String(cString: strerror(e)))"
+        case .notADisk(let p): "\(p) is neither a regular file nor a block device"
+        case .io(let op, let e): "\(op) failed: \(String(cString: strerror(e)))"
+        }
+    }
+}
+
+/// A disk backed by a raw image file or a block device (an LVM logical
+/// volume is one): size and sector sizes read from the backing itself,
+/// flush as fdatasync, discard as a punched hole (files) or BLKDISCARD /
+/// BLKSECDISCARD (devices). Positional I/O, so several rings may share it.
+public final class FileBacking: @unchecked Sendable {
+    public let path: String
+    public let fd: Int32
+    public let isBlockDevice: Bool
+    public let geometry: DiskGeometry
+
+    public init(path: String, readOnly: Bool = false) throws(BackingError) {
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        guard fd >= 0 else { throw .open(path: path, errno: errno) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw .open(path: path, errno: e) }
+        let bytes: UInt64, logical: Int, physical: Int
+        switch st.st_mode & S_IFMT {
+        case S_IFREG:
+            bytes = UInt64(st.st_size); logical = 512; physical = max(512, Int(st.st_blksize))
+            isBlockDevice = false
+        case S_IFBLK:
+            var size: UInt64 = 0; var l: Int32 = 0; var p: Int32 = 0
+            guard CXenShims_block_device_geometry(fd, &size, &l, &p) == 0 else {
+                let e = errno; close(fd); throw .open(path: path, errno: e)
+            }
+            bytes = size; logical = Int(l); physical = Int(p)
+            isBlockDevice = true
+        default:
+            close(fd)
+            throw .notADisk(path: path)
+        }
+        self.path = path
+        self.fd = fd
+        geometry = DiskGeometry(sectors: bytes / 512, logicalSectorSize: logical, physicalSectorSize: physical,
+                                readOnly: readOnly, discard: !readOnly, secureDiscard: isBlockDevice && !readOnly)
+    }
+
+    deinit { close(fd) }
+
+    /// Reads exactly `count` bytes at `offset` into `buffer`.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64) throws(BackingError) {
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))
+            if n < 0 { if errno == EINTR { continue }; throw .io(operation: "pread \(path)", errno: errno) }
+            if n == 0 {
+                // Past the end of a file that shrank: the rest reads as zeros.
+                (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: count - done)
+                return
+            }
+            done += n
+        }
+    }
+
+    /// Writes exactly `count` bytes at `offset` from `buffer`.
+    public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64) throws(BackingError) {
+        var done = 0
+        while done < count {
+            let n = pwrite(fd, buffer + done, count - done, off_t(offset) + off_t(done))
+            if n < 0 { if errno == EINTR { continue }; throw .io(operation: "pwrite \(path)", errno: errno) }
+            done += n
+        }
+    }
+
+    /// Makes every completed write durable.
+    public func flush() throws(BackingError) {
+        guard fdatasync(fd) == 0 else { throw .io(operation: "fdatasync \(path)", errno: errno) }
+    }
+
+    /// Discards a byte range (reads then return zeros).
+    public func discard(offset: UInt64, count: UInt64, secure: Bool) throws(BackingError) {
+        let rc = isBlockDevice
+            ? CXenShims_block_discard(fd, offset, count, secure ? 1 : 0)
+            : CXenShims_punch_hole(fd, Int64(offset), Int64(count))
+        guard rc == 0 else { throw .io(operation: "discard \(path)", errno: errno) }
+    }
+}
