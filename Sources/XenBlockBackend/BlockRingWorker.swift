@@ -72,7 +72,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         ringMapping = mapping
         self.events = events
         self.port = port
-        maximumSegments = max(BlockLimits.maxSegmentsPerRequest, geometry.maximumIndirectSegments)
+        // Never more than 8 indirect pages' worth, whatever was configured.
+        maximumSegments = max(BlockLimits.maxSegmentsPerRequest,
+                              min(geometry.maximumIndirectSegments, BlockLimits.maxIndirectPagesPerRequest * BlockLimits.segmentsPerIndirectPage))
         bounce = UnsafeMutableRawPointer.allocate(byteCount: maximumSegments * 4096, alignment: 4096)
         indirect = UnsafeMutableRawPointer.allocate(byteCount: BlockLimits.maxIndirectPagesPerRequest * 4096, alignment: 4096)
         copies = .allocate(capacity: maximumSegments)

@@ -83,6 +83,8 @@ public enum BlockValidation {
             guard n > 0 else { return .reject(.error, reason: .noSegments) }
             guard n <= disk.maximumIndirectSegments else { return .reject(.error, reason: .tooManySegments) }
             let pages = (n + BlockLimits.segmentsPerIndirectPage - 1) / BlockLimits.segmentsPerIndirectPage
+            // The protocol's cap, whatever was advertised.
+            guard pages <= BlockLimits.maxIndirectPagesPerRequest else { return .reject(.error, reason: .tooManySegments) }
             // The sector range is checked once the segments are known.
             return .transfer(write: op == .write, sector: r.sectorNumber, segmentCount: n, indirectPages: pages,
                              flushBefore: false, flushAfter: false)

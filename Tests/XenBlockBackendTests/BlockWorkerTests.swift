@@ -300,3 +300,22 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
         #expect(throws: RingError.halted) { try worker.processRing() }
     }
 }
+
+@Suite struct BlockValidationTests {
+    @Test func indirectPagesNeverExceedTheProtocolCap() {
+        // A configuration advertising more than 8 pages' worth of segments.
+        let disk = DiskGeometry(sectors: 1 << 20, maximumIndirectSegments: 10_000)
+        let r = BlockRequest(indirectID: 1, operation: .read, sectorNumber: 0, segmentCount: 4097, indirectGrants: [1])
+        #expect(BlockValidation.action(for: r, disk: disk) == .reject(.error, reason: .tooManySegments))
+        let ok = BlockRequest(indirectID: 2, operation: .read, sectorNumber: 0, segmentCount: 4096, indirectGrants: [1])
+        #expect(BlockValidation.action(for: ok, disk: disk) == .transfer(write: false, sector: 0, segmentCount: 4096, indirectPages: 8, flushBefore: false, flushAfter: false))
+    }
+
+    @Test func rangesAreCheckedWithoutOverflow() {
+        let disk = DiskGeometry(sectors: 100, logicalSectorSize: 4096)
+        #expect(BlockValidation.checkRange(sector: 96, count: 4, disk: disk) == nil)
+        #expect(BlockValidation.checkRange(sector: 96, count: 5, disk: disk) == .beyondEndOfDisk)
+        #expect(BlockValidation.checkRange(sector: UInt64.max, count: 2, disk: disk) == .beyondEndOfDisk)
+        #expect(BlockValidation.checkRange(sector: 2, count: 8, disk: disk) == .misaligned)
+    }
+}
