@@ -105,7 +105,7 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
     }
 
     /// Segments per ioctl; larger batches are split.
-    static let batchLimit = 64
+    static var batchLimit: Int { 64 }
 
     public func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError) {
         let segmentSize = CXenUAPI_sizeof_grant_copy_segment()
@@ -113,36 +113,39 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
         while start < operations.count {
             let end = min(start + Self.batchLimit, operations.count)
             let failure: GrantError? = withUnsafeTemporaryAllocation(byteCount: segmentSize * Self.batchLimit, alignment: 8) { raw in
-                let segments = raw.baseAddress!
-                var slots: [Int] = []  // index into operations of each kernel segment
-                slots.reserveCapacity(end - start)
-                for i in start..<end {
-                    let op = operations[i]
-                    if let status = Self.precheck(op) { operations[i].status = status; continue }
-                    if case .local(let s) = op.source, case .local(let d) = op.destination {
-                        memmove(d, s, Int(op.length))  // no grant involved: no hypercall
-                        operations[i].status = .okay
-                        continue
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.batchLimit) { slotBuffer in
+                    let segments = raw.baseAddress!
+                    // slotBuffer[n]: the operation index of kernel segment n.
+                    var slotCount = 0
+                    for i in start..<end {
+                        let op = operations[i]
+                        if let status = Self.precheck(op) { operations[i].status = status; continue }
+                        if case .local(let s) = op.source, case .local(let d) = op.destination {
+                            memmove(d, s, Int(op.length))  // no grant involved: no hypercall
+                            operations[i].status = .okay
+                            continue
+                        }
+                        let seg = segments + slotCount * segmentSize
+                        var flags: UInt16 = 0
+                        Self.store(op.source, into: seg, flag: CXenUAPI_GNTCOPY_SOURCE_GREF, flags: &flags)
+                        Self.store(op.destination, into: seg + 8, flag: CXenUAPI_GNTCOPY_DEST_GREF, flags: &flags)
+                        seg.storeBytes(of: op.length, toByteOffset: 16, as: UInt16.self)
+                        seg.storeBytes(of: flags, toByteOffset: 18, as: UInt16.self)
+                        seg.storeBytes(of: Int16(-1), toByteOffset: 20, as: Int16.self)
+                        seg.storeBytes(of: UInt16(0), toByteOffset: 22, as: UInt16.self)
+                        slotBuffer[slotCount] = i
+                        slotCount += 1
                     }
-                    let seg = segments + slots.count * segmentSize
-                    var flags: UInt16 = 0
-                    Self.store(op.source, into: seg, flag: CXenUAPI_GNTCOPY_SOURCE_GREF, flags: &flags)
-                    Self.store(op.destination, into: seg + 8, flag: CXenUAPI_GNTCOPY_DEST_GREF, flags: &flags)
-                    seg.storeBytes(of: op.length, toByteOffset: 16, as: UInt16.self)
-                    seg.storeBytes(of: flags, toByteOffset: 18, as: UInt16.self)
-                    seg.storeBytes(of: Int16(-1), toByteOffset: 20, as: Int16.self)
-                    seg.storeBytes(of: UInt16(0), toByteOffset: 22, as: UInt16.self)
-                    slots.append(i)
+                    guard slotCount > 0 else { return nil }
+                    // struct ioctl_gntdev_grant_copy: count, pad, segments pointer.
+                    var arg: (UInt32, UInt32, UInt) = (UInt32(slotCount), 0, UInt(bitPattern: segments))
+                    let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_GRANT_COPY, $0.baseAddress, size: 16) }
+                    if case .failure(let failure) = result { return .system(operation: "IOCTL_GNTDEV_GRANT_COPY", errno: failure.code) }
+                    for n in 0..<slotCount {
+                        operations[slotBuffer[n]].status = GrantStatus(rawValue: (segments + n * segmentSize).load(fromByteOffset: 20, as: Int16.self))
+                    }
+                    return nil
                 }
-                guard !slots.isEmpty else { return nil }
-                // struct ioctl_gntdev_grant_copy: count, pad, segments pointer.
-                var arg: (UInt32, UInt32, UInt) = (UInt32(slots.count), 0, UInt(bitPattern: segments))
-                let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_GRANT_COPY, $0.baseAddress, size: 16) }
-                if case .failure(let failure) = result { return .system(operation: "IOCTL_GNTDEV_GRANT_COPY", errno: failure.code) }
-                for (n, i) in slots.enumerated() {
-                    operations[i].status = GrantStatus(rawValue: (segments + n * segmentSize).load(fromByteOffset: 20, as: Int16.self))
-                }
-                return nil
             }
             if let failure { throw failure }
             start = end

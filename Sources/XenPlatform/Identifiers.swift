@@ -41,8 +41,6 @@ public struct GrantStatus: RawRepresentable, Hashable, Sendable, Error, CustomSt
     @inlinable public static var badCopyArgument: GrantStatus { GrantStatus(rawValue: -10) }
     @inlinable public static var tryAgain: GrantStatus { GrantStatus(rawValue: -12) }
     @inlinable public static var noSpace: GrantStatus { GrantStatus(rawValue: -13) }
-    /// Not attempted because an earlier operation in the batch failed.
-    @inlinable public static var notAttempted: GrantStatus { GrantStatus(rawValue: -1) }
 
     public var isOkay: Bool { rawValue == 0 }
 

@@ -39,8 +39,13 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
     }
 
     deinit {
-        for port in queue.withLock({ $0.bound }) { try? unbind(EventChannelPort(port)) }
+        closeAll()
         close(fileDescriptor)
+    }
+
+    /// Unbinds every port (the device closes, or its client went away).
+    func closeAll() {
+        for port in queue.withLock({ $0.bound }) { try? unbind(EventChannelPort(port)) }
     }
 
     /// EVTCHNOP_alloc_unbound (guest side): a port `remote` may bind to.

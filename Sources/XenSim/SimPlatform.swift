@@ -124,8 +124,13 @@ public final class SimGrants: GrantOperations {
     }
 
     private func copyOne(_ op: GrantCopyOperation, in s: inout SimHypervisor.State) -> GrantStatus {
-        var pinned: [(SimDomain, UInt32, Bool)] = []
-        defer { for (d, ref, w) in pinned { hypervisor.unpin(ref, of: d, write: w, in: &s) } }
+        // At most two pins (source and destination), released when done.
+        var pinnedSource: (SimDomain, UInt32)?
+        var pinnedDestination: (SimDomain, UInt32)?
+        defer {
+            if let (d, ref) = pinnedSource { hypervisor.unpin(ref, of: d, write: false, in: &s) }
+            if let (d, ref) = pinnedDestination { hypervisor.unpin(ref, of: d, write: true, in: &s) }
+        }
         func resolve(_ end: GrantCopyEndpoint, write: Bool) -> Result<UnsafeMutableRawPointer, GrantStatus> {
             switch end {
             case .local(let p): return .success(p)
@@ -135,7 +140,7 @@ public final class SimGrants: GrantOperations {
                 switch hypervisor.pin(ref.rawValue, of: granter, for: backend.rawValue, write: write, in: &s) {
                 case .failure(let status): return .failure(status)
                 case .success(let frame):
-                    pinned.append((granter, ref.rawValue, write))
+                    if write { pinnedDestination = (granter, ref.rawValue) } else { pinnedSource = (granter, ref.rawValue) }
                     return .success(granter.memory.page(frame) + Int(offset))
                 }
             }

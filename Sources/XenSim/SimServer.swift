@@ -78,17 +78,17 @@ public final class SimServer: @unchecked Sendable {
         }
         while let (words, fds) = SimWire.receive(client) {
             let request = words + [UInt32](repeating: 0, count: max(0, 5 - words.count))
-            let (reply, replyFDs, keepFDs) = handle(request, fds, &devices, &nextDevice)
+            let (reply, replyFDs) = handle(request, fds, &devices, &nextDevice)
             _ = SimWire.send(client, reply, fds: replyFDs)
-            for fd in replyFDs where !keepFDs { close(fd) }
+            for fd in replyFDs { close(fd) }  // the receiver has its own references now
         }
     }
 
     private func handle(_ r: [UInt32], _ fds: [Int32], _ devices: inout [UInt32: SimEventChannelDevice],
-                        _ nextDevice: inout UInt32) -> ([UInt32], [Int32], Bool) {
-        func failure(_ e: Int32) -> ([UInt32], [Int32], Bool) {
+                        _ nextDevice: inout UInt32) -> ([UInt32], [Int32]) {
+        func failure(_ e: Int32) -> ([UInt32], [Int32]) {
             for fd in fds { close(fd) }
-            return ([UInt32(bitPattern: -e)], [], false)
+            return ([UInt32(bitPattern: -e)], [])
         }
         guard let op = SimOp(rawValue: r[0]) else { return failure(EINVAL) }
         let domain = DomainID(UInt16(truncatingIfNeeded: r[1]))
@@ -104,11 +104,11 @@ public final class SimServer: @unchecked Sendable {
                 d = existing
             }
             // Dups, closed after sending: the receiver gets its own references.
-            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd)], false)
+            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd)])
         case .destroyDomain:
             guard hypervisor.domain(domain) != nil else { return failure(ENOENT) }
             hypervisor.destroyDomain(domain)
-            return ([0], [], false)
+            return ([0], [])
         case .xenstoreConnect:
             var pair: [Int32] = [-1, -1]
             guard CXenShims_stream_socketpair(&pair) == 0 else { return failure(errno) }
@@ -119,34 +119,34 @@ public final class SimServer: @unchecked Sendable {
             }
             // The adoption registers the connection before the client talks;
             // requests sent meanwhile wait in the socket.
-            return ([0], [pair[1]], false)
+            return ([0], [pair[1]])
         case .eventsOpen:
             guard fds.count == 1 else { return failure(EINVAL) }
             let id = nextDevice
             nextDevice += 1
             devices[id] = SimEventChannelDevice(hypervisor: hypervisor, domain: domain, eventFD: fds[0])
-            return ([0, id], [], false)
+            return ([0, id], [])
         default:
             guard let device = devices[r[1]] else { return failure(EBADF) }
             do throws(EventChannelError) {
                 switch op {
                 case .allocUnbound:
-                    return ([0, device.allocateUnbound(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2]))).rawValue], [], false)
+                    return ([0, device.allocateUnbound(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2]))).rawValue], [])
                 case .bind:
                     let port = try device.bindInterdomain(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2])), remotePort: EventChannelPort(r[3]))
-                    return ([0, port.rawValue], [], false)
-                case .notify: try device.notify(EventChannelPort(r[2])); return ([0], [], false)
-                case .unmask: try device.unmask(EventChannelPort(r[2])); return ([0], [], false)
-                case .unbind: try device.unbind(EventChannelPort(r[2])); return ([0], [], false)
+                    return ([0, port.rawValue], [])
+                case .notify: try device.notify(EventChannelPort(r[2])); return ([0], [])
+                case .unmask: try device.unmask(EventChannelPort(r[2])); return ([0], [])
+                case .unbind: try device.unbind(EventChannelPort(r[2])); return ([0], [])
                 case .pending:
                     let limit = Int(min(r[2], UInt32(SimWire.maximumWords - 2)))
                     var ports = [EventChannelPort](repeating: EventChannelPort(0), count: limit)
                     let n = try ports.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try device.takePending(into: b) }
-                    return ([0, UInt32(n)] + ports.prefix(n).map(\.rawValue), [], false)
+                    return ([0, UInt32(n)] + ports.prefix(n).map(\.rawValue), [])
                 case .eventsClose:
                     device.closeAll()
                     devices[r[1]] = nil
-                    return ([0], [], false)
+                    return ([0], [])
                 default:
                     return failure(EINVAL)
                 }
@@ -158,12 +158,5 @@ public final class SimServer: @unchecked Sendable {
                 }
             }
         }
-    }
-}
-
-extension SimEventChannelDevice {
-    /// Unbinds every port (a client went away).
-    func closeAll() {
-        for port in queue.withLock({ $0.bound }) { try? unbind(EventChannelPort(port)) }
     }
 }

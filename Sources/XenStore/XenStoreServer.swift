@@ -72,10 +72,6 @@ public final class XenStoreServer: Service, @unchecked Sendable {
             .withConnectedSocket(socket).get()
     }
 
-    /// Runs `body` on the engine's event loop (tests, the toolstack stand-in).
-    public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) async throws -> R {
-        try await loop.submit { [engine] in body(engine) }.get()
-    }
 
     final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = XenStoreMessage

@@ -81,8 +81,6 @@ public final class XenStoreEngine {
     /// Drops the connection's watches and open transactions.
     public func disconnect(_ id: ConnectionID) { connections[id] = nil }
 
-    public var connectionCount: Int { connections.count }
-
     /// Handles one request; returns the reply and any watch events it caused.
     public func handle(_ message: XenStoreMessage, from id: ConnectionID) -> [Outgoing] {
         guard connections[id] != nil else { return [] }
