@@ -41,7 +41,10 @@ let package = Package(
         .target(name: "XenPlatform"),
         .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore"]),
         .target(name: "CXenUAPI"),
-        .target(name: "XenBlockBackend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "CXenShims"]),
+        .target(name: "XenBlockBackend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "CXenShims", "CXenAIO"]),
+        // libaio and liburing (libaio-dev, liburing-dev) behind a small C API.
+        .target(name: "CXenAIO", cSettings: [.define("_GNU_SOURCE")],
+                linkerSettings: [.linkedLibrary("aio"), .linkedLibrary("uring")]),
         .target(name: "XenHost", dependencies: ["XenPlatform", "CXenUAPI"],
                 swiftSettings: [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
         .target(name: "XenStoreCore", dependencies: ["XenStoreProtocol"]),

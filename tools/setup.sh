@@ -8,6 +8,10 @@ packages=(
   gcc-multilib    # -m32 for the x86_32 blkif ABI probe
   linux-libc-dev  # kernel uapi headers (xen/gntdev.h, xen/evtchn.h)
   xenstore-utils  # Xen's own xenstore-* tools and libxenstore: interop tests for our xenstored
+  libaio-dev      # the block backend's libaio engine
+  liburing-dev    # the block backend's io_uring engine
+  fio             # the block benchmark's baseline
+  lvm2            # the LVM logical volume test (a volume group on a loop device)
 )
 missing=()
 for p in "${packages[@]}"; do

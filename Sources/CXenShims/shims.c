@@ -97,3 +97,5 @@ int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long lon
     unsigned long long range[2] = { offset, length };
     return ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range);
 }
+
+int CXenShims_O_DIRECT(void) { return O_DIRECT; }

@@ -9,47 +9,83 @@ public enum BlockBackendError: Error, Equatable, Sendable, CustomStringConvertib
     case ring(RingError)
     case grant(GrantError)
     case eventChannel(EventChannelError)
+    case io(BlockIOError)
 
     public var description: String {
         switch self {
         case .ring(let e): "ring: \(e)"
         case .grant(let e): "grant: \(e)"
         case .eventChannel(let e): "event channel: \(e)"
+        case .io(let e): "I/O: \(e)"
         }
     }
 }
 
 /// Serves one blkif ring: copies each request out, validates the copy,
-/// moves the data with grant copies through a private bounce buffer, does
-/// the I/O on the backing, and answers. One worker per ring; nothing on its
-/// data path is shared with other rings, and nothing is allocated per request.
-/// Owned by one thread (the one that calls `run` or `processRing`); only
-/// `statistics` may be read from others.
+/// moves the data with grant copies through the request's own bounce
+/// buffer, hands the disk I/O to the engine (many requests in flight), and
+/// answers as the I/O completes, in whatever order it completes.
+///
+/// One worker per ring; nothing on its data path is shared with other rings,
+/// and nothing is allocated per request: slots, bounce buffers, segment
+/// tables and grant-copy batches are made at init. Owned by one thread (the
+/// one that calls `run` or `processRing`); only `statistics` may be read
+/// from others.
 public final class BlockRingWorker<Platform: XenPlatform, Layout: RingLayout>: @unchecked Sendable
 where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public let frontend: DomainID
     public let geometry: DiskGeometry
-    public let statistics = BlockStatistics()
+    public let statistics: BlockStatistics
+    public let port: EventChannelPort
+    public var engineKind: BlockEngineKind { engine.kind }
     let platform: Platform
     let backing: FileBacking
     let ringMapping: GrantMapping
     var ring: BackRing<Layout>
     let events: Platform.Events
-    public let port: EventChannelPort
-    /// Owned here, freed in deinit: one request's data and its indirect pages.
+    let engine: BlockIOEngine
+
+    /// A request between being taken off the ring and being answered.
+    struct Slot {
+        enum Phase: UInt8 { case free, flushBefore, data, flushAfter, flushOnly }
+        var id: UInt64 = 0
+        var operation = BlockOperation.read
+        var phase = Phase.free
+        var write = false
+        var flushAfter = false
+        var sector: UInt64 = 0
+        var byteCount = 0
+        var segmentCount = 0
+    }
+    let slotCount: Int
+    let maximumSegments: Int
+    /// All owned here, made in init, freed in deinit.
+    let slots: UnsafeMutableBufferPointer<Slot>
+    let freeSlots: UnsafeMutableBufferPointer<Int>
+    var freeSlotCount: Int
+    /// Slot i's data: `maximumSegments` pages at `bounce + i * slotBytes`,
+    /// reserved with mmap so only pages that were used take memory.
     let bounce: UnsafeMutableRawPointer
+    let slotBytes: Int
+    /// Slot i's segments at `segmentTable[i * maximumSegments...]`.
+    let segmentTable: UnsafeMutableBufferPointer<BlockSegment>
+    /// Scratch for the request being started: its indirect pages and a
+    /// grant-copy batch (used synchronously, never while I/O is in flight).
     let indirect: UnsafeMutableRawPointer
     let copies: UnsafeMutableBufferPointer<GrantCopyOperation>
-    let segments: UnsafeMutableBufferPointer<BlockSegment>
-    let maximumSegments: Int
+    /// A WRITE_BARRIER waiting for earlier I/O to finish; nothing further
+    /// is taken off the ring meanwhile.
+    var heldBarrier: BlockRequest?
+    var inFlight = 0
 
     /// Maps the ring (`ringRefs`: 1, 2, 4, 8 or 16 pages), binds the
-    /// frontend's event channel port, and prepares the buffers.
+    /// frontend's event channel port, and prepares the slots and the engine.
     public init(platform: Platform, frontend: DomainID, ringRefs: [GrantRef], remotePort: EventChannelPort,
-                backing: FileBacking, geometry: DiskGeometry? = nil) throws(BlockBackendError) {
+                backing: FileBacking, geometry: DiskGeometry? = nil, engine engineKind: BlockEngineKind = .default) throws(BlockBackendError) {
         self.platform = platform
         self.frontend = frontend
         self.backing = backing
+        statistics = BlockStatistics()
         let geometry = geometry ?? backing.geometry
         self.geometry = geometry
         let mapping: GrantMapping
@@ -59,6 +95,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         } catch {
             try? platform.grants.unmap(mapping)
             throw .ring(error)
+        }
+        slotCount = Int(ring.size)
+        do { engine = try BlockIOEngine(kind: engineKind, depth: slotCount) } catch {
+            try? platform.grants.unmap(mapping)
+            throw .io(error)
         }
         let events: Platform.Events
         let port: EventChannelPort
@@ -75,118 +116,284 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // Never more than 8 indirect pages' worth, whatever was configured.
         maximumSegments = max(BlockLimits.maxSegmentsPerRequest,
                               min(geometry.maximumIndirectSegments, BlockLimits.maxIndirectPagesPerRequest * BlockLimits.segmentsPerIndirectPage))
-        bounce = UnsafeMutableRawPointer.allocate(byteCount: maximumSegments * 4096, alignment: 4096)
+        slotBytes = maximumSegments * 4096
+        let arena = mmap(nil, slotCount * slotBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(arena != MAP_FAILED && arena != nil, "cannot reserve \(slotCount * slotBytes) bytes of bounce buffers")
+        bounce = arena!
+        slots = .allocate(capacity: slotCount)
+        slots.initialize(repeating: Slot())
+        freeSlots = .allocate(capacity: slotCount)
+        // Lowest slots on top: a light load keeps reusing the same few buffers.
+        for i in 0..<slotCount { freeSlots[i] = slotCount - 1 - i }
+        freeSlotCount = slotCount
+        segmentTable = .allocate(capacity: slotCount * maximumSegments)
+        segmentTable.initialize(repeating: BlockSegment(grant: 0, firstSector: 0, lastSector: 0))
         indirect = UnsafeMutableRawPointer.allocate(byteCount: BlockLimits.maxIndirectPagesPerRequest * 4096, alignment: 4096)
         copies = .allocate(capacity: maximumSegments)
-        copies.initialize(repeating: GrantCopyOperation(source: .local(bounce), destination: .local(bounce), length: 0))
-        segments = .allocate(capacity: maximumSegments)
-        segments.initialize(repeating: BlockSegment(grant: 0, firstSector: 0, lastSector: 0))
+        copies.initialize(repeating: GrantCopyOperation(source: .local(indirect), destination: .local(indirect), length: 0))
     }
 
     deinit {
+        // Anything still in flight (a worker dropped without run/drain) is
+        // waited for by the engine's teardown before the buffers go.
         try? events.unbind(port)
         try? platform.grants.unmap(ringMapping)
-        bounce.deallocate()
+        engine.shutdown()
+        munmap(bounce, slotCount * slotBytes)
+        slots.deallocate()
+        freeSlots.deallocate()
+        segmentTable.deallocate()
         indirect.deallocate()
         copies.deallocate()
-        segments.deallocate()
     }
 
-    /// Answers everything the ring holds, then re-arms the event (final
-    /// check). Returns how many requests were answered; throws if the
-    /// frontend broke the ring protocol (the ring is halted).
+    /// Requests taken off the ring and not yet answered.
+    public var requestsInFlight: Int { inFlight + (heldBarrier == nil ? 0 : 1) }
+
+    // MARK: Driving the ring
+
+    /// Takes what the ring holds (as far as slots allow), starts it, answers
+    /// whatever has completed, and pushes the responses; does not wait.
+    /// Returns how many requests were taken. Throws if the frontend broke
+    /// the ring protocol: the ring is halted; in-flight I/O is still owed
+    /// (`drain`).
     @discardableResult
-    public func processRing() throws(RingError) -> Int {
-        var handled = 0
-        repeat {
-            let producer = try ring.readRequestProducer()
-            while let request = ring.nextRequest(before: producer) {
-                let status = perform(request)
-                if status != .okay { statistics.add(statistics.errors) }
-                ring.produceResponse(BlockResponse(id: request.id, operation: request.operation, status: status))
-                handled += 1
-            }
-            if ring.pushResponses() { try? events.notify(port) }
-        } while ring.finalCheckForRequests()
-        return handled
+    public func processRing() throws(BlockBackendError) -> Int {
+        let taken: Int
+        do { taken = try takeRequests() } catch {
+            completeAvailable()
+            pushResponses()
+            throw .ring(error)
+        }
+        completeAvailable()
+        pushResponses()
+        return taken
     }
 
-    /// Serves the ring until `stopDescriptor` becomes readable: sleeps on the
-    /// event channel between kicks.
+    /// Waits for every request in flight (a held barrier included) and
+    /// answers it. Takes nothing new off the ring.
+    public func drain() {
+        while requestsInFlight > 0 {
+            startHeldBarrierIfIdle()
+            completeAvailable()
+            pushResponses()
+            if requestsInFlight == 0 { break }
+            if engine.completionDescriptor >= 0 {
+                var p = pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0)
+                _ = poll(&p, 1, -1)
+            }
+        }
+    }
+
+    /// Serves the ring until `stopDescriptor` becomes readable, then drains:
+    /// every request taken off the ring is answered before it returns.
+    /// Sleeps on the event channel and the engine's completions between kicks.
     public func run(stopDescriptor: Int32) throws(BlockBackendError) {
         var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 16)
         while true {
-            do { try processRing() } catch { throw .ring(error) }
-            fds[0].revents = 0; fds[1].revents = 0
-            let n = poll(&fds, 2, -1)
+            do { try processRing() } catch {
+                drain()
+                throw error
+            }
+            // Sleep only when the ring is empty (final check) or we cannot
+            // take more until I/O completes (a completion wakes us then).
+            if canTakeRequests && ring.finalCheckForRequests() { continue }
+            for i in fds.indices { fds[i].revents = 0 }
+            let n = poll(&fds, 3, -1)
             if n < 0 && errno == EINTR { continue }
-            if fds[1].revents != 0 { return }
-            // Take and re-enable the port before looking at the ring, so a
-            // kick during processing is not lost.
-            let taken: Int
-            do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
-            catch { throw .eventChannel(error) }
-            if taken > 0 { try? events.unmask(port) }
+            if fds[2].revents != 0 {
+                drain()
+                return
+            }
+            if fds[0].revents != 0 {
+                // Take and re-enable the port before looking at the ring, so
+                // a kick during processing is not lost.
+                let taken: Int
+                do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
+                catch { drain(); throw .eventChannel(error) }
+                if taken > 0 { try? events.unmask(port) }
+            }
         }
+    }
+
+    private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted }
+
+    private func takeRequests() throws(RingError) -> Int {
+        if ring.isHalted { throw .halted }
+        startHeldBarrierIfIdle()
+        guard canTakeRequests else { return 0 }
+        var taken = 0
+        let producer = try ring.readRequestProducer()
+        // Bounded by the ring size: each request takes a slot or is answered
+        // at once, and the producer was checked against the ring size.
+        while canTakeRequests, let request = ring.nextRequest(before: producer) {
+            taken += 1
+            if request.operation == .writeBarrier && inFlight > 0 {
+                heldBarrier = request
+                statistics.add(statistics.barrierWaits)
+                break
+            }
+            start(request)
+        }
+        if taken > 0 { submit() }
+        return taken
+    }
+
+    private func startHeldBarrierIfIdle() {
+        guard inFlight == 0, let barrier = heldBarrier else { return }
+        heldBarrier = nil
+        start(barrier)
+        submit()
+    }
+
+    private func submit() {
+        do { try engine.submit() } catch {
+            // The engine refused the batch as a whole: nothing of it is in
+            // flight. Fail every slot still waiting for I/O.
+            for i in 0..<slotCount where slots[i].phase != .free { finish(slot: i, status: .error) }
+        }
+    }
+
+    private func completeAvailable() {
+        var more = true
+        while more {
+            let n = engine.reap { tag, result in self.completed(slot: Int(tag), result: result) }
+            if n > 0 { submit() }
+            more = n > 0
+            startHeldBarrierIfIdle()
+        }
+    }
+
+    private func pushResponses() {
+        // The ring's push decides, per io/ring.h, whether the frontend asked
+        // to be told.
+        if ring.pushResponses() { try? events.notify(port) }
     }
 
     // MARK: One request
 
-    func perform(_ request: BlockRequest) -> BlockStatus {
+    private func respond(id: UInt64, operation: BlockOperation, status: BlockStatus) {
+        if status != .okay { statistics.add(statistics.errors) }
+        ring.produceResponse(BlockResponse(id: id, operation: operation, status: status))
+    }
+
+    private func start(_ request: BlockRequest) {
         switch BlockValidation.action(for: request, disk: geometry) {
         case .reject(let status, _):
-            return status
+            respond(id: request.id, operation: request.operation, status: status)
+        case .discard(let sector, let count, let secure):
+            // Synchronous: fallocate and BLKDISCARD are metadata work.
+            statistics.add(statistics.discardRequests)
+            var status = BlockStatus.okay
+            do { try backing.discard(offset: sector * 512, count: count * 512, secure: secure) } catch {
+                if case .io(_, let e) = error, e == EOPNOTSUPP { status = .notSupported } else { status = .error }
+            }
+            respond(id: request.id, operation: request.operation, status: status)
         case .flush:
             statistics.add(statistics.flushRequests)
-            do { try backing.flush() } catch { return .error }
-            return .okay
-        case .discard(let sector, let count, let secure):
-            statistics.add(statistics.discardRequests)
-            do { try backing.discard(offset: sector * 512, count: count * 512, secure: secure) } catch {
-                if case .io(_, let e) = error, e == EOPNOTSUPP { return .notSupported }
-                return .error
-            }
-            return .okay
+            let slot = takeSlot()
+            slots[slot] = Slot(id: request.id, operation: request.operation, phase: .flushOnly)
+            issue(slot: slot)
         case .transfer(let write, let sector, let count, let indirectPages, let flushBefore, let flushAfter):
-            let total: Int
-            guard let sectors = gatherSegments(request, count: count, indirectPages: indirectPages) else { return .error }
-            total = sectors
-            if indirectPages > 0, BlockValidation.checkRange(sector: sector, count: UInt64(total), disk: geometry) != nil {
-                return .error
+            let slot = takeSlot()
+            slots[slot] = Slot(id: request.id, operation: request.operation, phase: flushBefore ? .flushBefore : .data,
+                               write: write, flushAfter: flushAfter, sector: sector, segmentCount: count)
+            guard let sectors = gatherSegments(request, slot: slot, count: count, indirectPages: indirectPages),
+                  indirectPages == 0 || BlockValidation.checkRange(sector: sector, count: UInt64(sectors), disk: geometry) == nil
+            else {
+                return finish(slot: slot, status: .error)
             }
+            slots[slot].byteCount = sectors * 512
             if write {
                 statistics.add(statistics.writeRequests)
-                statistics.add(statistics.writeSectors, UInt64(total))
+                statistics.add(statistics.writeSectors, UInt64(sectors))
+                guard copyData(slot: slot, intoGuest: false) else { return finish(slot: slot, status: .error) }
             } else {
                 statistics.add(statistics.readRequests)
-                statistics.add(statistics.readSectors, UInt64(total))
+                statistics.add(statistics.readSectors, UInt64(sectors))
             }
-            do {
-                if flushBefore { try backing.flush() }
-                if write {
-                    guard copyData(count: count, intoGuest: false) else { return .error }
-                    try backing.write(from: bounce, count: total * 512, offset: sector * 512)
-                } else {
-                    try backing.read(into: bounce, count: total * 512, offset: sector * 512)
-                    guard copyData(count: count, intoGuest: true) else { return .error }
-                }
-                if flushAfter { try backing.flush() }
-            } catch {
-                return .error
-            }
-            return .okay
+            issue(slot: slot)
         }
     }
 
-    /// Fills `segments` with the request's segments (copying indirect pages
-    /// out of the guest first) and checks each; returns the sector total,
-    /// nil if a page could not be copied or a segment is invalid.
-    private func gatherSegments(_ request: BlockRequest, count: Int, indirectPages: Int) -> Int? {
+    private func takeSlot() -> Int {
+        // takeRequests only starts a request when a slot is free.
+        precondition(freeSlotCount > 0)
+        freeSlotCount -= 1
+        inFlight += 1
+        return freeSlots[freeSlotCount]
+    }
+
+    /// Answers the slot's request and frees the slot.
+    private func finish(slot: Int, status: BlockStatus) {
+        respond(id: slots[slot].id, operation: slots[slot].operation, status: status)
+        slots[slot].phase = .free
+        freeSlots[freeSlotCount] = slot
+        freeSlotCount += 1
+        inFlight -= 1
+    }
+
+    /// Hands the slot's current phase to the engine.
+    private func issue(slot: Int) {
+        let s = slots[slot]
+        let queued: Bool
+        switch s.phase {
+        case .flushBefore, .flushAfter, .flushOnly:
+            queued = engine.prepare(.fdatasync, fd: backing.fd, buffer: nil, length: 0, offset: 0, tag: UInt64(slot))
+        case .data:
+            queued = engine.prepare(s.write ? .write : .read, fd: backing.fd, buffer: bounce + slot * slotBytes,
+                                    length: s.byteCount, offset: s.sector * 512, tag: UInt64(slot))
+        case .free:
+            queued = false
+        }
+        // The engine holds one operation per slot at most: it cannot be full.
+        if !queued { finish(slot: slot, status: .error) }
+    }
+
+    /// One engine operation of `slot` finished with `result` (bytes or -errno).
+    private func completed(slot: Int, result: Int64) {
+        guard slot < slotCount, slots[slot].phase != .free else { return }
+        switch slots[slot].phase {
+        case .flushBefore:
+            guard result >= 0 else { return finish(slot: slot, status: .error) }
+            slots[slot].phase = .data
+            issue(slot: slot)
+        case .data:
+            let s = slots[slot]
+            if s.write {
+                guard result == Int64(s.byteCount) else { return finish(slot: slot, status: .error) }
+            } else {
+                guard result >= 0 else { return finish(slot: slot, status: .error) }
+                if result < Int64(s.byteCount) {
+                    // Past the end of a file that shrank: the rest reads as zeros.
+                    (bounce + slot * slotBytes + Int(result)).initializeMemory(as: UInt8.self, repeating: 0, count: s.byteCount - Int(result))
+                }
+                guard copyData(slot: slot, intoGuest: true) else { return finish(slot: slot, status: .error) }
+            }
+            if s.flushAfter {
+                slots[slot].phase = .flushAfter
+                issue(slot: slot)
+            } else {
+                finish(slot: slot, status: .okay)
+            }
+        case .flushAfter, .flushOnly:
+            finish(slot: slot, status: result >= 0 ? .okay : .error)
+        case .free:
+            break
+        }
+    }
+
+    /// Fills the slot's segment table (copying indirect pages out of the
+    /// guest first) and checks each segment; returns the sector total, nil
+    /// if a page could not be copied or a segment is invalid.
+    private func gatherSegments(_ request: BlockRequest, slot: Int, count: Int, indirectPages: Int) -> Int? {
         guard count <= maximumSegments else { return nil }
+        let table = segmentTable.baseAddress! + slot * maximumSegments
         if indirectPages == 0 {
-            for i in 0..<count { segments[i] = request.segment(i) }
+            for i in 0..<count { table[i] = request.segment(i) }
         } else {
             for p in 0..<indirectPages {
                 copies[p] = GrantCopyOperation(
@@ -197,11 +404,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             do { try platform.grants.copy(batch) } catch { return nil }
             for p in 0..<indirectPages where !copies[p].status.isOkay { return nil }
             // The pages are a private copy now: read each segment from it once.
-            for i in 0..<count { segments[i] = BlockSegment(wireWord: indirect.load(fromByteOffset: 8 * i, as: UInt64.self)) }
+            for i in 0..<count { table[i] = BlockSegment(wireWord: indirect.load(fromByteOffset: 8 * i, as: UInt64.self)) }
         }
         var total = 0
         for i in 0..<count {
-            switch BlockValidation.check(segment: segments[i], disk: geometry) {
+            switch BlockValidation.check(segment: table[i], disk: geometry) {
             case .failure: return nil
             case .success(let n): total += n
             }
@@ -209,15 +416,18 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         return total
     }
 
-    /// Grant-copies every segment between the guest and the bounce buffer,
-    /// where the segments lie back to back.
-    private func copyData(count: Int, intoGuest: Bool) -> Bool {
+    /// Grant-copies every segment of `slot` between the guest and the slot's
+    /// bounce buffer, where the segments lie back to back.
+    private func copyData(slot: Int, intoGuest: Bool) -> Bool {
+        let table = segmentTable.baseAddress! + slot * maximumSegments
+        let data = bounce + slot * slotBytes
+        let count = slots[slot].segmentCount
         var offset = 0
         for i in 0..<count {
-            let s = segments[i]
+            let s = table[i]
             let length = (Int(s.lastSector) - Int(s.firstSector) + 1) * 512
             let guest = GrantCopyEndpoint.grant(GrantRef(s.grant), domain: frontend, offset: UInt16(Int(s.firstSector) * 512))
-            let local = GrantCopyEndpoint.local(bounce + offset)
+            let local = GrantCopyEndpoint.local(data + offset)
             copies[i] = intoGuest
                 ? GrantCopyOperation(source: local, destination: guest, length: UInt16(length))
                 : GrantCopyOperation(source: guest, destination: local, length: UInt16(length))

@@ -12,6 +12,9 @@ public final class BlockStatistics: Sendable {
     public let writeSectors = Atomic<UInt64>(0)
     /// Requests answered with an error or EOPNOTSUPP.
     public let errors = Atomic<UInt64>(0)
+    /// WRITE_BARRIERs that had to wait for earlier I/O (Linux's oo_req
+    /// counts its own resource shortages; a barrier drain is ours).
+    public let barrierWaits = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -22,13 +25,24 @@ public final class BlockStatistics: Sendable {
     }
 
     public struct Snapshot: Sendable, Equatable {
-        public var readRequests, writeRequests, flushRequests, discardRequests, readSectors, writeSectors, errors: UInt64
+        public var readRequests, writeRequests, flushRequests, discardRequests, readSectors, writeSectors, errors, barrierWaits: UInt64
+
+        public static let zero = Snapshot(readRequests: 0, writeRequests: 0, flushRequests: 0, discardRequests: 0,
+                                          readSectors: 0, writeSectors: 0, errors: 0, barrierWaits: 0)
+
+        /// Sums per-ring counters into the device's.
+        public static func + (a: Snapshot, b: Snapshot) -> Snapshot {
+            Snapshot(readRequests: a.readRequests + b.readRequests, writeRequests: a.writeRequests + b.writeRequests,
+                     flushRequests: a.flushRequests + b.flushRequests, discardRequests: a.discardRequests + b.discardRequests,
+                     readSectors: a.readSectors + b.readSectors, writeSectors: a.writeSectors + b.writeSectors,
+                     errors: a.errors + b.errors, barrierWaits: a.barrierWaits + b.barrierWaits)
+        }
     }
 
     public var snapshot: Snapshot {
         Snapshot(readRequests: readRequests.load(ordering: .relaxed), writeRequests: writeRequests.load(ordering: .relaxed),
                  flushRequests: flushRequests.load(ordering: .relaxed), discardRequests: discardRequests.load(ordering: .relaxed),
                  readSectors: readSectors.load(ordering: .relaxed), writeSectors: writeSectors.load(ordering: .relaxed),
-                 errors: errors.load(ordering: .relaxed))
+                 errors: errors.load(ordering: .relaxed), barrierWaits: barrierWaits.load(ordering: .relaxed))
     }
 }

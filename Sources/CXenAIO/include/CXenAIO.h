@@ -1,0 +1,34 @@
+#ifndef CXENAIO_H
+#define CXENAIO_H
+// Thin, allocation-free wrappers over libaio and liburing for the block
+// backend's I/O engines. Both libraries are mostly static inline functions
+// and macros, which Swift cannot call reliably; these give each engine the
+// same five calls. Control blocks are allocated once, at create.
+#include <stddef.h>
+#include <stdint.h>
+
+enum { CXENAIO_READ = 0, CXENAIO_WRITE = 1, CXENAIO_FDATASYNC = 2 };
+
+typedef struct CXenAIO_aio CXenAIO_aio;
+/// An aio context for `depth` operations in flight, signalling `eventfd`
+/// on every completion. NULL with errno set on failure.
+CXenAIO_aio *CXenAIO_aio_create(unsigned depth, int eventfd);
+void CXenAIO_aio_destroy(CXenAIO_aio *ctx);
+/// Queues one operation (not yet submitted): 0, or -EAGAIN if `depth`
+/// operations are already queued or in flight.
+int CXenAIO_aio_prepare(CXenAIO_aio *ctx, int kind, int fd, void *buffer, size_t length, int64_t offset, uint64_t tag);
+/// Submits everything queued: the number submitted, or -errno. Operations
+/// the kernel refused are completed with their error and returned by reap.
+int CXenAIO_aio_submit(CXenAIO_aio *ctx);
+/// Takes up to `max` completions without blocking: tags and results
+/// (bytes or -errno).
+int CXenAIO_aio_reap(CXenAIO_aio *ctx, uint64_t *tags, int64_t *results, int max);
+
+typedef struct CXenAIO_uring CXenAIO_uring;
+CXenAIO_uring *CXenAIO_uring_create(unsigned depth, int eventfd);
+void CXenAIO_uring_destroy(CXenAIO_uring *ctx);
+int CXenAIO_uring_prepare(CXenAIO_uring *ctx, int kind, int fd, void *buffer, size_t length, int64_t offset, uint64_t tag);
+int CXenAIO_uring_submit(CXenAIO_uring *ctx);
+int CXenAIO_uring_reap(CXenAIO_uring *ctx, uint64_t *tags, int64_t *results, int max);
+
+#endif
