@@ -1,0 +1,451 @@
+import CXenShims
+import Logging
+import Synchronization
+import XenBlockProtocol
+import XenBus
+import XenPlatform
+import XenRing
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an operator may tune per block backend.
+public struct BlockBackendConfiguration: Sendable, Equatable {
+    public var engine: BlockEngineKind
+    /// Advertised as `multi-queue-max-queues` (Linux: one per CPU).
+    public var maximumQueues: Int
+    /// Advertised as `max-ring-page-order` (0...4; Linux's default is 4).
+    public var maximumRingPageOrder: Int
+    /// Advertised as `feature-max-indirect-segments` (Linux: 256).
+    public var maximumIndirectSegments: Int
+    /// O_DIRECT where the backing allows it.
+    public var directIO: Bool
+
+    public init(engine: BlockEngineKind = .default, maximumQueues: Int = BlockBackendConfiguration.onlineCPUs,
+                maximumRingPageOrder: Int = 4, maximumIndirectSegments: Int = 256, directIO: Bool = true) {
+        self.engine = engine
+        self.maximumQueues = maximumQueues
+        self.maximumRingPageOrder = maximumRingPageOrder
+        self.maximumIndirectSegments = maximumIndirectSegments
+        self.directIO = directIO
+    }
+
+    public static var onlineCPUs: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    /// Checks the values against what the protocol allows.
+    public func validate() throws(BlockDeviceError) {
+        guard (1...64).contains(maximumQueues) else { throw .configuration("maximum queues \(maximumQueues) is not in 1...64") }
+        guard (0...4).contains(maximumRingPageOrder) else { throw .configuration("maximum ring page order \(maximumRingPageOrder) is not in 0...4") }
+        let cap = BlockLimits.maxIndirectPagesPerRequest * BlockLimits.segmentsPerIndirectPage
+        guard (BlockLimits.maxSegmentsPerRequest...cap).contains(maximumIndirectSegments) else {
+            throw .configuration("maximum indirect segments \(maximumIndirectSegments) is not in \(BlockLimits.maxSegmentsPerRequest)...\(cap)")
+        }
+    }
+}
+
+public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A backend or frontend key is missing or has a value we cannot use.
+    case badKey(path: String, value: String?, why: String)
+    case configuration(String)
+    case backing(BackingError)
+    case backend(BlockBackendError)
+
+    public var description: String {
+        switch self {
+        case .badKey(let path, let value, let why):
+            value.map { "\(path) = \"\($0)\": \(why)" } ?? "\(path) is missing: \(why)"
+        case .configuration(let why): "configuration: \(why)"
+        case .backing(let e): "\(e)"
+        case .backend(let e): "\(e)"
+        }
+    }
+}
+
+/// The rings a device is serving, seen from the control side.
+protocol BlockRingService: AnyObject, Sendable {
+    func run(stopDescriptor: Int32) throws(BlockBackendError)
+    var statistics: BlockStatistics { get }
+}
+extension BlockRingWorker: BlockRingService {}
+
+/// What was negotiated with the frontend (for status displays and tests).
+public struct BlockNegotiation: Sendable, Equatable {
+    public var queues: Int
+    public var ringPageOrder: Int
+    public var abi: BlockProtocolABI
+    public var engine: BlockEngineKind
+    public var directIO: Bool
+
+    public init(queues: Int, ringPageOrder: Int, abi: BlockProtocolABI, engine: BlockEngineKind, directIO: Bool) {
+        self.queues = queues; self.ringPageOrder = ringPageOrder; self.abi = abi; self.engine = engine; self.directIO = directIO
+    }
+}
+
+/// One virtual block device (a `backend/vbd/<domid>/<devid>` directory):
+/// reads the toolstack's keys, opens the backing, publishes the features,
+/// follows the frontend through the xenbus handshake (BackendStateMachine)
+/// and serves its rings, one worker thread per ring.
+public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
+    public let backendPath: String
+    let platform: Platform
+    let xenstore: XenStoreClient
+    let configuration: BlockBackendConfiguration
+    let logger: Logger
+
+    struct Running {
+        var workers: [any BlockRingService] = []
+        var threads: [WorkerThread] = []
+        var stop: Int32 = -1
+        var negotiation: BlockNegotiation?
+        var retired = BlockStatistics.Snapshot.zero
+    }
+    private let running = Mutex(Running())
+
+    public init(platform: Platform, xenstore: XenStoreClient, backendPath: String,
+                configuration: BlockBackendConfiguration = BlockBackendConfiguration(), logger: Logger) {
+        self.platform = platform
+        self.xenstore = xenstore
+        self.backendPath = backendPath
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "device"] = .string(backendPath)
+        self.logger = logger
+    }
+
+    /// The device's counters, summed over its rings (past connections included).
+    public var statistics: BlockStatistics.Snapshot {
+        running.withLock { r in r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot } }
+    }
+
+    /// What the current connection negotiated; nil while not connected.
+    public var negotiation: BlockNegotiation? { running.withLock { $0.negotiation } }
+
+    // MARK: Lifecycle
+
+    /// Serves the device until the toolstack removes it (`online` = 0 and
+    /// the frontend closed, or the frontend vanished) or the task is
+    /// cancelled; either way in-flight I/O is answered first. Bad keys are
+    /// reported in `hotplug-error` / `hotplug-status` and thrown.
+    public func run() async throws {
+        try configuration.validate()
+        let setup: Setup
+        do { setup = try await readSetup() } catch {
+            logger.error("cannot set up the device: \(error)")
+            try? await xenstore.write(backendPath + "/hotplug-error", "\(error)")
+            try? await xenstore.write(backendPath + "/hotplug-status", "error")
+            throw error
+        }
+        var machine = BackendStateMachine()
+        try await publishProbeFeatures(setup)
+        logger.info("backing \(setup.backing.path) opened", metadata: [
+            "sectors": "\(setup.backing.geometry.sectors)", "mode": "\(setup.readOnly ? "r" : "w")",
+            "direct": "\(setup.backing.isDirect)"])
+        try await perform(machine.handle(.probed), setup: setup, machine: &machine)
+
+        let (events, feed) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let stateWatch = try await xenstore.watch(setup.frontendPath + "/state")
+        let onlineWatch = try await xenstore.watch(backendPath + "/online")
+        let forwarders = [stateWatch.events, onlineWatch.events].map { stream in
+            Task { for await _ in stream { feed.yield() }; feed.yield() }
+        }
+        defer {
+            for f in forwarders { f.cancel() }
+            feed.finish()
+        }
+        var lastOnline: Bool?
+        do {
+            for await _ in events {
+                try Task.checkCancellation()
+                // Watches coalesce: re-read both keys every time.
+                let online = try await xenstore.readIfPresent(backendPath + "/online").map { $0 != "0" } ?? true
+                if online != lastOnline {
+                    lastOnline = online
+                    try await perform(machine.handle(.online(online)), setup: setup, machine: &machine)
+                }
+                let front = try await xenstore.readIfPresent(setup.frontendPath + "/state")
+                let event: BackendEvent = front.flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
+                    .map { .frontendState($0) } ?? .frontendVanished
+                if event != .frontendState(machine.frontendState) || event == .frontendVanished {
+                    try await perform(machine.handle(event), setup: setup, machine: &machine)
+                }
+                if machine.isRemoved { break }
+            }
+        } catch {
+            await disconnect()
+            if machine.state != .closed {
+                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closing.rawValue)")
+                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closed.rawValue)")
+            }
+            try? await xenstore.unwatch(setup.frontendPath + "/state", token: stateWatch.token)
+            try? await xenstore.unwatch(backendPath + "/online", token: onlineWatch.token)
+            if error is CancellationError { return }
+            throw error
+        }
+        await disconnect()
+        try? await xenstore.unwatch(setup.frontendPath + "/state", token: stateWatch.token)
+        try? await xenstore.unwatch(backendPath + "/online", token: onlineWatch.token)
+        logger.info("device removed")
+    }
+
+    private func perform(_ actions: [BackendAction], setup: Setup, machine: inout BackendStateMachine) async throws {
+        var queue = actions[...]
+        while let action = queue.popFirst() {
+            switch action {
+            case .switchState(let state):
+                try await xenstore.write(backendPath + "/state", "\(state.rawValue)")
+                logger.info("state \(state)", metadata: ["frontend": "\(machine.frontendState)"])
+            case .connect:
+                do {
+                    try await connect(setup)
+                    queue.append(contentsOf: machine.handle(.connectSucceeded))
+                } catch {
+                    logger.error("cannot connect: \(error)")
+                    queue.append(contentsOf: machine.handle(.connectFailed("\(error)")))
+                }
+            case .disconnect:
+                await disconnect()
+            case .reportError(let why):
+                logger.error("\(why)")
+                try? await xenstore.write(backendPath + "/error", why)
+            case .removeDevice:
+                break
+            }
+        }
+    }
+
+    // MARK: Setup (toolstack keys)
+
+    struct Setup: Sendable {
+        var frontendPath: String
+        var frontendID: DomainID
+        var backing: FileBacking
+        var readOnly: Bool
+        var info: VirtualDiskInfo
+    }
+
+    private func key(_ name: String) async throws -> String? {
+        try await xenstore.readIfPresent(backendPath + "/" + name)
+    }
+
+    private func readSetup() async throws -> Setup {
+        guard let frontendPath = try await key("frontend"), !frontendPath.isEmpty else {
+            throw BlockDeviceError.badKey(path: backendPath + "/frontend", value: nil, why: "the toolstack names the frontend directory here")
+        }
+        let frontendIDText = try await key("frontend-id")
+        guard let frontendIDText, let frontendID = UInt16(frontendIDText) else {
+            throw BlockDeviceError.badKey(path: backendPath + "/frontend-id", value: frontendIDText, why: "expected a domain id")
+        }
+        // libxl writes the target in `params`; a hotplug script may resolve
+        // it to `physical-device-path`.
+        let path: String
+        if let resolved = try await key("physical-device-path"), !resolved.isEmpty {
+            path = resolved
+        } else if let params = try await key("params"), !params.isEmpty {
+            // "aio:/path" and similar prefixes name a format; the path follows the last ':'.
+            path = params.hasPrefix("/") ? params : String(params.split(separator: ":").last ?? "")
+        } else {
+            throw BlockDeviceError.badKey(path: backendPath + "/params", value: nil, why: "no disk path (params or physical-device-path)")
+        }
+        let modeText = try await key("mode") ?? "w"
+        let readOnly: Bool
+        switch modeText.first {
+        case "r": readOnly = true
+        case "w": readOnly = false
+        default: throw BlockDeviceError.badKey(path: backendPath + "/mode", value: modeText, why: "mode must start with r or w")
+        }
+        let backing: FileBacking
+        do { backing = try FileBacking(path: path, readOnly: readOnly, direct: configuration.directIO) } catch {
+            throw BlockDeviceError.backing(error)
+        }
+        var info: VirtualDiskInfo = readOnly ? .readOnly : []
+        // blkback takes cdrom from the frontend's device-type, as libxl writes it there.
+        if try await xenstore.readIfPresent(frontendPath + "/device-type") == "cdrom" { info.insert(.cdrom) }
+        if try await key("removable") == "1" { info.insert(.removable) }
+        return Setup(frontendPath: frontendPath, frontendID: DomainID(frontendID), backing: backing, readOnly: readOnly, info: info)
+    }
+
+    /// What blkfront reads before it sets up its rings (Linux writes these at probe).
+    private func publishProbeFeatures(_ setup: Setup) async throws {
+        try await xenstore.withTransaction { t in
+            try await self.xenstore.write(self.backendPath + "/feature-max-indirect-segments", "\(self.configuration.maximumIndirectSegments)", transaction: t)
+            try await self.xenstore.write(self.backendPath + "/max-ring-page-order", "\(self.configuration.maximumRingPageOrder)", transaction: t)
+            try await self.xenstore.write(self.backendPath + "/multi-queue-max-queues", "\(self.configuration.maximumQueues)", transaction: t)
+        }
+    }
+
+    // MARK: Connect / disconnect
+
+    private func frontendKey(_ setup: Setup, _ name: String) async throws -> String? {
+        try await xenstore.readIfPresent(setup.frontendPath + "/" + name)
+    }
+
+    private func number(_ setup: Setup, _ name: String) async throws -> UInt32? {
+        guard let text = try await frontendKey(setup, name) else { return nil }
+        guard let value = UInt32(text) else {
+            throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + name, value: text, why: "expected an unsigned number")
+        }
+        return value
+    }
+
+    /// Reads the frontend's ring keys, maps the rings, binds the channels,
+    /// starts one worker per ring and writes the connection details in one
+    /// transaction.
+    private func connect(_ setup: Setup) async throws {
+        let protocolText = try await frontendKey(setup, "protocol")
+        let abi: BlockProtocolABI
+        do { abi = try BlockProtocolABI.parse(xenstoreValue: protocolText) } catch {
+            throw BlockDeviceError.badKey(path: setup.frontendPath + "/protocol", value: protocolText, why: "\(error)")
+        }
+        let queues = Int(try await number(setup, "multi-queue-num-queues") ?? 1)
+        guard (1...configuration.maximumQueues).contains(queues) else {
+            throw BlockDeviceError.badKey(path: setup.frontendPath + "/multi-queue-num-queues", value: "\(queues)",
+                                          why: "must be 1...\(configuration.maximumQueues)")
+        }
+        let orderKey = try await number(setup, "ring-page-order")
+        let order = Int(orderKey ?? 0)
+        guard order <= configuration.maximumRingPageOrder else {
+            throw BlockDeviceError.badKey(path: setup.frontendPath + "/ring-page-order", value: "\(order)",
+                                          why: "exceeds max-ring-page-order \(configuration.maximumRingPageOrder)")
+        }
+        var geometry = setup.backing.geometry
+        geometry.readOnly = setup.readOnly
+        geometry.maximumIndirectSegments = configuration.maximumIndirectSegments
+
+        var started: [any BlockRingService] = []
+        var ports: [EventChannelPort] = []
+        for q in 0..<queues {
+            // With one queue the keys sit in the frontend directory itself.
+            let prefix = queues == 1 ? "" : "queue-\(q)/"
+            var refs: [GrantRef] = []
+            if orderKey == nil {
+                guard let ref = try await number(setup, prefix + "ring-ref") else {
+                    throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "ring-ref", value: nil, why: "the frontend grants its ring here")
+                }
+                refs = [GrantRef(ref)]
+            } else {
+                for i in 0..<(1 << order) {
+                    guard let ref = try await number(setup, prefix + "ring-ref\(i)") else {
+                        throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "ring-ref\(i)", value: nil,
+                                                      why: "ring-page-order \(order) needs \(1 << order) ring-refN keys")
+                    }
+                    refs.append(GrantRef(ref))
+                }
+            }
+            guard let port = try await number(setup, prefix + "event-channel") else {
+                throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "event-channel", value: nil, why: "the frontend's event channel port")
+            }
+            do {
+                switch abi {
+                case .x86_64:
+                    started.append(try BlockRingWorker<Platform, BlockRingX86_64>(
+                        platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
+                        backing: setup.backing, geometry: geometry, engine: configuration.engine))
+                case .x86_32:
+                    started.append(try BlockRingWorker<Platform, BlockRingX86_32>(
+                        platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
+                        backing: setup.backing, geometry: geometry, engine: configuration.engine))
+                }
+            } catch {
+                // The workers made so far unmap and unbind as they go.
+                throw BlockDeviceError.backend(error)
+            }
+            ports.append(EventChannelPort(port))
+        }
+
+        let g = setup.backing.geometry
+        let discard = g.discard && !setup.readOnly
+        try await xenstore.withTransaction { t in
+            func put(_ name: String, _ value: String) async throws {
+                try await self.xenstore.write(self.backendPath + "/" + name, value, transaction: t)
+            }
+            try await put("feature-flush-cache", "1")
+            try await put("feature-barrier", "1")
+            try await put("feature-discard", discard ? "1" : "0")
+            if discard {
+                try await put("discard-granularity", "\(max(g.physicalSectorSize, g.logicalSectorSize))")
+                try await put("discard-alignment", "0")
+                try await put("discard-secure", g.secureDiscard ? "1" : "0")
+            }
+            // Grant copy only: persistent grants are not offered (yet), so
+            // the negotiated value is 0 whatever the frontend asked.
+            try await put("feature-persistent", "0")
+            try await put("sectors", "\(g.sectors)")
+            try await put("info", "\(setup.info.rawValue)")
+            try await put("sector-size", "\(g.logicalSectorSize)")
+            try await put("physical-sector-size", "\(g.physicalSectorSize)")
+        }
+
+        let stop = eventfd(0, Int32(EFD_CLOEXEC))
+        guard stop >= 0 else { throw BlockDeviceError.configuration("eventfd failed: errno \(errno)") }
+        let logger = self.logger
+        let threads = started.enumerated().map { (q, worker) in
+            WorkerThread {
+                do { try worker.run(stopDescriptor: stop) } catch {
+                    // A broken ring stops that ring only (as Linux halts it).
+                    logger.error("ring \(q) stopped: \(error)")
+                }
+            }
+        }
+        running.withLock {
+            $0.workers = started
+            $0.threads = threads
+            $0.stop = stop
+            $0.negotiation = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
+                                              directIO: setup.backing.isDirect)
+        }
+        logger.info("connected", metadata: ["queues": "\(queues)", "ring-page-order": "\(order)", "protocol": "\(abi)",
+                                            "engine": "\(configuration.engine)"])
+    }
+
+    /// Stops the workers (each answers what it has in flight), unmaps the
+    /// rings and unbinds the channels. Safe to repeat.
+    func disconnect() async {
+        let (threads, stop) = running.withLock { r -> ([WorkerThread], Int32) in
+            defer { r.threads = []; r.stop = -1 }
+            return (r.threads, r.stop)
+        }
+        guard stop >= 0 else { return }
+        var one: UInt64 = 1
+        _ = write(stop, &one, 8)
+        for t in threads { await t.finished() }
+        close(stop)
+        running.withLock { r in
+            r.retired = r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot }
+            r.workers = []   // the last references: rings unmapped, ports unbound
+            r.negotiation = nil
+        }
+        logger.info("disconnected")
+    }
+}
+
+/// A worker's own thread, awaitable from async code without blocking it.
+final class WorkerThread: Sendable {
+    private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        JoinableThread {
+            body()
+            self.markFinished()
+        }.detach()
+    }
+
+    private func markFinished() {
+        let waiters = state.withLock { s in
+            s.done = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    func finished() async {
+        await withCheckedContinuation { c in
+            let done = state.withLock { s in
+                if !s.done { s.waiters.append(c) }
+                return s.done
+            }
+            if done { c.resume() }
+        }
+    }
+}

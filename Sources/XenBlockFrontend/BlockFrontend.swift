@@ -1,0 +1,372 @@
+import XenBlockProtocol
+import XenPlatform
+import XenRing
+import XenSim
+import XenStore
+import XenStoreProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the test frontend sets itself up (each capped by what the backend offers).
+public struct BlockFrontendOptions: Sendable, Equatable {
+    public var queues: Int
+    public var ringPageOrder: Int
+    public var abi: BlockProtocolABI
+    /// Requests in flight per queue at most (the iodepth ceiling).
+    public var slotsPerQueue: Int
+    /// Pages of data per request; above 11 requests go indirect.
+    public var segmentsPerRequest: Int
+    /// Written as the frontend's `feature-persistent` (Linux blkfront asks for it).
+    public var persistentGrants: Bool
+
+    public init(queues: Int = 1, ringPageOrder: Int = 0, abi: BlockProtocolABI = .x86_64, slotsPerQueue: Int = 32,
+                segmentsPerRequest: Int = BlockLimits.maxSegmentsPerRequest, persistentGrants: Bool = true) {
+        self.queues = queues
+        self.ringPageOrder = ringPageOrder
+        self.abi = abi
+        self.slotsPerQueue = slotsPerQueue
+        self.segmentsPerRequest = segmentsPerRequest
+        self.persistentGrants = persistentGrants
+    }
+
+    var indirectPagesPerSlot: Int {
+        segmentsPerRequest > BlockLimits.maxSegmentsPerRequest
+            ? (segmentsPerRequest + BlockLimits.segmentsPerIndirectPage - 1) / BlockLimits.segmentsPerIndirectPage : 0
+    }
+
+    /// Guest frames the frontend needs (rings, data and indirect pages).
+    public var framesNeeded: Int {
+        queues * ((1 << ringPageOrder) + slotsPerQueue * (segmentsPerRequest + indirectPagesPerSlot))
+    }
+
+    /// Grant entries it uses: one per frame.
+    public var grantsNeeded: Int { framesNeeded }
+}
+
+/// What the backend told us about the disk once Connected.
+public struct BlockDiskInfo: Sendable, Equatable {
+    public var sectors: UInt64
+    public var sectorSize: Int
+    public var physicalSectorSize: Int
+    public var info: VirtualDiskInfo
+    public var flush: Bool
+    public var barrier: Bool
+    public var discard: Bool
+    public var discardGranularity: Int
+    public var secureDiscard: Bool
+    public var persistentGrants: Bool
+    public var maximumIndirectSegments: Int
+    /// What the backend offered before we connected.
+    public var maximumQueues: Int
+    public var maximumRingPageOrder: Int
+}
+
+public enum BlockFrontendError: Error, Sendable, CustomStringConvertible {
+    case backendRefused(String)
+    case timeout(String)
+    case notEnoughMemory(needed: Int, given: Int)
+    case badBackendKey(path: String, value: String?)
+    case request(String)
+
+    public var description: String {
+        switch self {
+        case .backendRefused(let why): "the backend did not connect: \(why)"
+        case .timeout(let what): "timed out waiting for \(what)"
+        case .notEnoughMemory(let needed, let given): "the frontend needs \(needed) guest frames, was given \(given)"
+        case .badBackendKey(let path, let value): "backend key \(path) = \(value.map { "\"\($0)\"" } ?? "missing") is unusable"
+        case .request(let why): why
+        }
+    }
+}
+
+/// A blkfront in Swift for a simulated guest: allocates its rings in guest
+/// memory, grants them, negotiates through xenstore like Linux's
+/// xen-blkfront (ring-page-order, multi-queue, indirect segments,
+/// persistent grants, protocol) and issues requests on each queue.
+public final class BlockFrontend<Layout: RingLayout>: @unchecked Sendable
+where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
+    public let frontendPath: String
+    public let backendPath: String
+    public let disk: BlockDiskInfo
+    public let queues: [BlockFrontendQueue<Layout>]
+    let xenstore: XenStoreClient
+    let domain: SimDomain
+
+    init(frontendPath: String, backendPath: String, disk: BlockDiskInfo, queues: [BlockFrontendQueue<Layout>],
+         xenstore: XenStoreClient, domain: SimDomain) {
+        self.frontendPath = frontendPath; self.backendPath = backendPath; self.disk = disk
+        self.queues = queues; self.xenstore = xenstore; self.domain = domain
+    }
+
+    /// Negotiates with the backend named in `frontendPath/backend` and
+    /// returns once both sides are Connected. Uses guest frames `frames`.
+    public static func connect(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
+                               options requested: BlockFrontendOptions = BlockFrontendOptions(),
+                               timeout: Duration = .seconds(30)) async throws -> BlockFrontend {
+        guard let backendPath = try await xenstore.readIfPresent(frontendPath + "/backend"),
+              let backendIDText = try await xenstore.readIfPresent(frontendPath + "/backend-id"),
+              let backendID = UInt16(backendIDText) else {
+            throw BlockFrontendError.badBackendKey(path: frontendPath + "/backend", value: nil)
+        }
+        // The backend publishes its limits, then goes to InitWait.
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend InitWait") {
+            $0 == .initWait || $0 == .connected
+        }
+        func backendNumber(_ key: String) async throws -> Int? {
+            try await xenstore.readIfPresent(backendPath + "/" + key).flatMap { Int($0) }
+        }
+        let maximumQueues = try await backendNumber("multi-queue-max-queues") ?? 1
+        let maximumOrder = try await backendNumber("max-ring-page-order") ?? 0
+        var options = requested
+        options.queues = max(1, min(options.queues, maximumQueues))
+        options.ringPageOrder = max(0, min(options.ringPageOrder, maximumOrder))
+        let maximumIndirect = try await backendNumber("feature-max-indirect-segments") ?? 0
+        options.segmentsPerRequest = min(options.segmentsPerRequest, max(BlockLimits.maxSegmentsPerRequest, maximumIndirect))
+        guard options.framesNeeded <= frames.count else {
+            throw BlockFrontendError.notEnoughMemory(needed: options.framesNeeded, given: frames.count)
+        }
+
+        var nextFrame = frames.lowerBound
+        func takeFrames(_ n: Int) -> [UInt32] {
+            defer { nextFrame += UInt32(n) }
+            return (0..<UInt32(n)).map { nextFrame + $0 }
+        }
+        let backendDomain = DomainID(backendID)
+        var made: [BlockFrontendQueue<Layout>] = []
+        for _ in 0..<options.queues {
+            let ringFrames = takeFrames(1 << options.ringPageOrder)
+            let slotFrames = (0..<options.slotsPerQueue).map { _ in takeFrames(options.segmentsPerRequest) }
+            let indirectFrames = (0..<options.slotsPerQueue).map { _ in takeFrames(options.indirectPagesPerSlot) }
+            made.append(try BlockFrontendQueue<Layout>(domain: domain, backend: backendDomain, ringFrames: ringFrames,
+                                                       slotFrames: slotFrames, indirectFrames: indirectFrames,
+                                                       indirect: options.segmentsPerRequest > BlockLimits.maxSegmentsPerRequest))
+        }
+        let queues = made
+
+        // One transaction, as blkfront's talk_to_blkback does.
+        try await xenstore.withTransaction { t in
+            func put(_ key: String, _ value: String) async throws {
+                try await xenstore.write(frontendPath + "/" + key, value, transaction: t)
+            }
+            if options.ringPageOrder > 0 { try await put("ring-page-order", "\(options.ringPageOrder)") }
+            if options.queues > 1 { try await put("multi-queue-num-queues", "\(options.queues)") }
+            for (q, queue) in queues.enumerated() {
+                let prefix = options.queues == 1 ? "" : "queue-\(q)/"
+                if options.ringPageOrder == 0 {
+                    try await put(prefix + "ring-ref", "\(queue.ringRefs[0].rawValue)")
+                } else {
+                    for (i, ref) in queue.ringRefs.enumerated() { try await put(prefix + "ring-ref\(i)", "\(ref.rawValue)") }
+                }
+                try await put(prefix + "event-channel", "\(queue.port.rawValue)")
+            }
+            try await put("protocol", options.abi.rawValue)
+            try await put("feature-persistent", options.persistentGrants ? "1" : "0")
+        }
+        try await xenstore.write(frontendPath + "/state", "\(XenbusState.initialised.rawValue)")
+
+        let state = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Connected") {
+            $0 == .connected || $0 == .closing || $0 == .closed
+        }
+        guard state == .connected else {
+            let why = try await xenstore.readIfPresent(backendPath + "/error") ?? "backend went to \(state)"
+            throw BlockFrontendError.backendRefused(why)
+        }
+        func flag(_ key: String) async throws -> Bool { try await backendNumber(key) == 1 }
+        guard let sectors = try await xenstore.readIfPresent(backendPath + "/sectors").flatMap({ UInt64($0) }) else {
+            throw BlockFrontendError.badBackendKey(path: backendPath + "/sectors", value: try await xenstore.readIfPresent(backendPath + "/sectors"))
+        }
+        let disk = BlockDiskInfo(
+            sectors: sectors,
+            sectorSize: try await backendNumber("sector-size") ?? 512,
+            physicalSectorSize: try await backendNumber("physical-sector-size") ?? 512,
+            info: VirtualDiskInfo(rawValue: UInt32(try await backendNumber("info") ?? 0)),
+            flush: try await flag("feature-flush-cache"), barrier: try await flag("feature-barrier"),
+            discard: try await flag("feature-discard"), discardGranularity: try await backendNumber("discard-granularity") ?? 0,
+            secureDiscard: try await flag("discard-secure"), persistentGrants: try await flag("feature-persistent"),
+            maximumIndirectSegments: maximumIndirect, maximumQueues: maximumQueues, maximumRingPageOrder: maximumOrder)
+        try await xenstore.write(frontendPath + "/state", "\(XenbusState.connected.rawValue)")
+        return BlockFrontend(frontendPath: frontendPath, backendPath: backendPath, disk: disk, queues: queues,
+                             xenstore: xenstore, domain: domain)
+    }
+
+    /// Closes like blkfront: Closing, wait for the backend to close (it
+    /// answers what it has in flight and unmaps), Closed; then revokes
+    /// every grant. Returns whether every grant could be revoked (false
+    /// means the backend still holds a page).
+    @discardableResult
+    public func close(timeout: Duration = .seconds(30)) async throws -> Bool {
+        try await xenstore.write(frontendPath + "/state", "\(XenbusState.closing.rawValue)")
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Closing") {
+            $0 == .closing || $0 == .closed
+        }
+        try await xenstore.write(frontendPath + "/state", "\(XenbusState.closed.rawValue)")
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Closed") {
+            $0 == .closed || $0 == .initWait
+        }
+        return queues.map { $0.revokeGrants() }.allSatisfy { $0 }
+    }
+}
+
+/// Waits (on a xenstore watch, not by polling) until `path/state`
+/// satisfies `done`; returns that state. Throws `.timeout` after `timeout`.
+public func awaitXenbusState(_ xenstore: XenStoreClient, _ path: String, timeout: Duration = .seconds(30), _ what: String,
+                             _ done: @escaping @Sendable (XenbusState) -> Bool) async throws -> XenbusState {
+    let watch = try await xenstore.watch(path + "/state")
+    defer { Task { try? await xenstore.unwatch(path + "/state", token: watch.token) } }
+    return try await withThrowingTaskGroup(of: XenbusState?.self) { group in
+        group.addTask {
+            for await _ in watch.events {
+                let text = try await xenstore.readIfPresent(path + "/state")
+                if let state = text.flatMap({ UInt32($0) }).flatMap({ XenbusState(rawValue: $0) }), done(state) { return state }
+            }
+            return nil
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let state = first else { throw BlockFrontendError.timeout(what) }
+        return state
+    }
+}
+
+/// One queue of the frontend: its ring, event channel and request slots,
+/// each slot with its own granted data pages (kept granted, the way blkfront
+/// keeps persistent grants). Used from one thread at a time.
+public final class BlockFrontendQueue<Layout: RingLayout>: @unchecked Sendable
+where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
+    let domain: SimDomain
+    let backend: DomainID
+    var ring: FrontRing<Layout>
+    public let ringRefs: [GrantRef]
+    let events: SimEventChannelDevice
+    public let port: EventChannelPort
+    let slotFrames: [[UInt32]]
+    let slotGrants: [[GrantRef]]
+    let indirectFrames: [[UInt32]]
+    let indirectGrants: [[GrantRef]]
+    let indirect: Bool
+    public var slotCount: Int { slotFrames.count }
+    public var segmentsPerRequest: Int { slotFrames.first?.count ?? 0 }
+    var pendingPorts = [EventChannelPort](repeating: EventChannelPort(0), count: 4)
+
+    init(domain: SimDomain, backend: DomainID, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
+         indirect: Bool) throws {
+        self.domain = domain
+        self.backend = backend
+        // The ring pages are consecutive frames, so one contiguous view of them.
+        for (i, f) in ringFrames.enumerated() { precondition(f == ringFrames[0] + UInt32(i)) }
+        ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[0]), pageCount: ringFrames.count))
+        ringRefs = try ringFrames.map { try domain.grantAccess(to: backend, frame: $0, readOnly: false) }
+        events = try domain.openEventChannels()
+        port = events.allocateUnbound(remoteDomain: backend)
+        self.slotFrames = slotFrames
+        slotGrants = try slotFrames.map { try $0.map { try domain.grantAccess(to: backend, frame: $0, readOnly: false) } }
+        self.indirectFrames = indirectFrames
+        indirectGrants = try indirectFrames.map { try $0.map { try domain.grantAccess(to: backend, frame: $0, readOnly: true) } }
+        self.indirect = indirect
+    }
+
+    func revokeGrants() -> Bool {
+        var all = true
+        for ref in ringRefs + slotGrants.flatMap({ $0 }) + indirectGrants.flatMap({ $0 }) {
+            all = domain.endForeignAccess(ref) && all
+        }
+        try? events.unbind(port)
+        return all
+    }
+
+    // MARK: Requests
+
+    /// The request for `slot`: its data pages cover `byteCount` bytes from
+    /// the start of the first page, indirect when more than 11 pages.
+    func makeRequest(slot: Int, operation: BlockOperation, sector: UInt64, byteCount: Int) -> BlockRequest {
+        precondition(byteCount % 512 == 0 && byteCount > 0 && byteCount <= segmentsPerRequest * 4096)
+        let pages = (byteCount + 4095) / 4096
+        func segment(_ i: Int) -> BlockSegment {
+            let sectors = min(8, (byteCount - i * 4096) / 512)
+            return BlockSegment(grant: slotGrants[slot][i].rawValue, firstSector: 0, lastSector: UInt8(sectors - 1))
+        }
+        if pages <= BlockLimits.maxSegmentsPerRequest {
+            return BlockRequest(operation: operation, id: UInt64(slot), sectorNumber: sector, segments: (0..<pages).map(segment))
+        }
+        precondition(indirect, "more than 11 pages needs the backend's indirect segments")
+        for i in 0..<pages {
+            let page = domain.page(indirectFrames[slot][i / BlockLimits.segmentsPerIndirectPage])
+            page.storeBytes(of: segment(i).wireWord, toByteOffset: 8 * (i % BlockLimits.segmentsPerIndirectPage), as: UInt64.self)
+        }
+        let used = (pages + BlockLimits.segmentsPerIndirectPage - 1) / BlockLimits.segmentsPerIndirectPage
+        return BlockRequest(indirectID: UInt64(slot), operation: operation, sectorNumber: sector, segmentCount: UInt16(pages),
+                            indirectGrants: indirectGrants[slot][0..<used].map(\.rawValue))
+    }
+
+    func copyIn(slot: Int, _ bytes: [UInt8]) {
+        for (i, start) in stride(from: 0, to: bytes.count, by: 4096).enumerated() {
+            let n = min(4096, bytes.count - start)
+            bytes.withUnsafeBytes { domain.page(slotFrames[slot][i]).copyMemory(from: $0.baseAddress! + start, byteCount: n) }
+        }
+    }
+
+    func copyOut(slot: Int, count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        out.withUnsafeMutableBytes { b in
+            for (i, start) in stride(from: 0, to: count, by: 4096).enumerated() {
+                (b.baseAddress! + start).copyMemory(from: domain.page(slotFrames[slot][i]), byteCount: min(4096, count - start))
+            }
+        }
+        return out
+    }
+
+    func push(_ request: BlockRequest) throws {
+        ring.produceRequest(request)
+        if ring.pushRequests() { try events.notify(port) }
+    }
+
+    /// Calls `body` for each response until `body` returns false or
+    /// `timeoutMilliseconds` pass without one. Sleeps on the event channel.
+    func awaitResponses(timeoutMilliseconds: Int32 = 30_000, _ body: (BlockResponse) throws -> Bool) throws {
+        while true {
+            let producer = try ring.readResponseProducer()
+            while let response = ring.nextResponse(before: producer) {
+                if try !body(response) { return }
+            }
+            if ring.finalCheckForResponses() { continue }
+            guard events.wait(timeoutMilliseconds: timeoutMilliseconds) else {
+                throw BlockFrontendError.timeout("a block response")
+            }
+            _ = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
+            try events.unmask(port)
+        }
+    }
+
+    /// Issues one request on slot 0 and waits for its answer.
+    func one(_ request: BlockRequest) throws -> BlockResponse {
+        try push(request)
+        var answer: BlockResponse?
+        try awaitResponses { answer = $0; return false }
+        return answer!
+    }
+
+    public func write(sector: UInt64, _ bytes: [UInt8], barrier: Bool = false) throws -> BlockStatus {
+        copyIn(slot: 0, bytes)
+        return try one(makeRequest(slot: 0, operation: barrier ? .writeBarrier : .write, sector: sector, byteCount: bytes.count)).status
+    }
+
+    public func read(sector: UInt64, byteCount: Int) throws -> (BlockStatus, [UInt8]) {
+        let status = try one(makeRequest(slot: 0, operation: .read, sector: sector, byteCount: byteCount)).status
+        return (status, copyOut(slot: 0, count: byteCount))
+    }
+
+    public func flush() throws -> BlockStatus {
+        try one(BlockRequest(operation: .flushDiskCache, id: 0, sectorNumber: 0, segments: [])).status
+    }
+
+    public func discard(sector: UInt64, sectorCount: UInt64, secure: Bool = false) throws -> BlockStatus {
+        try one(BlockRequest(discardID: 0, sectorNumber: sector, sectorCount: sectorCount, secure: secure)).status
+    }
+
+    /// Sends `request` as it is (for hostile-frontend tests) and returns the answer.
+    public func raw(_ request: BlockRequest) throws -> BlockResponse { try one(request) }
+}

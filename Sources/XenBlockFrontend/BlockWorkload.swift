@@ -1,0 +1,137 @@
+import XenBlockProtocol
+import XenPlatform
+import XenRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// fio's rw= patterns that the benchmark and the demo use.
+public enum BlockPattern: String, Sendable, CaseIterable {
+    case read, write, randread, randwrite
+
+    public var writes: Bool { self == .write || self == .randwrite }
+    public var random: Bool { self == .randread || self == .randwrite }
+}
+
+/// A closed-loop workload: `iodepth` requests in flight per queue, each
+/// answered one replaced at once, until `duration` passes or `operations`
+/// have completed.
+public struct BlockWorkload: Sendable {
+    public var pattern: BlockPattern
+    public var blockSize: Int
+    public var iodepth: Int
+    /// The bytes of the disk the workload stays within (from 0).
+    public var regionBytes: UInt64
+    public var duration: Duration?
+    public var operations: Int?
+
+    public init(pattern: BlockPattern, blockSize: Int, iodepth: Int, regionBytes: UInt64,
+                duration: Duration? = nil, operations: Int? = nil) {
+        self.pattern = pattern; self.blockSize = blockSize; self.iodepth = iodepth
+        self.regionBytes = regionBytes; self.duration = duration; self.operations = operations
+    }
+}
+
+public struct BlockWorkloadResult: Sendable {
+    public var operations: Int
+    public var errors: Int
+    public var bytes: UInt64
+    public var elapsed: Duration
+
+    public var seconds: Double {
+        Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+    public var iops: Double { Double(operations) / max(seconds, 1e-9) }
+    public var megabytesPerSecond: Double { Double(bytes) / 1_000_000 / max(seconds, 1e-9) }
+
+    static func + (a: BlockWorkloadResult, b: BlockWorkloadResult) -> BlockWorkloadResult {
+        BlockWorkloadResult(operations: a.operations + b.operations, errors: a.errors + b.errors, bytes: a.bytes + b.bytes,
+                            elapsed: max(a.elapsed, b.elapsed))
+    }
+}
+
+extension BlockFrontendQueue {
+    /// Runs `workload` on this queue from the calling thread. Requests are
+    /// prepared per slot and the ring is pushed once per batch of answers.
+    public func run(_ workload: BlockWorkload, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) throws -> BlockWorkloadResult {
+        precondition(workload.blockSize % 512 == 0 && workload.blockSize <= segmentsPerRequest * 4096,
+                     "block size \(workload.blockSize) does not fit \(segmentsPerRequest) pages")
+        let depth = max(1, min(workload.iodepth, slotCount, Int(ring.size)))
+        let blocks = max(1, workload.regionBytes / UInt64(workload.blockSize))
+        let sectorsPerBlock = UInt64(workload.blockSize / 512)
+        let operation: BlockOperation = workload.pattern.writes ? .write : .read
+        var random = seed | 1
+        var sequential: UInt64 = 0
+        func nextSector() -> UInt64 {
+            let block: UInt64
+            if workload.pattern.random {
+                // xorshift64: cheap, no allocation, reproducible.
+                random ^= random << 13; random ^= random >> 7; random ^= random << 17
+                block = random % blocks
+            } else {
+                block = sequential
+                sequential = (sequential + 1) % blocks
+            }
+            return block * sectorsPerBlock
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = workload.duration.map { start + $0 }
+        var issued = 0, completed = 0, errors = 0, inFlight = 0
+        func mayIssue() -> Bool {
+            if let limit = workload.operations, issued >= limit { return false }
+            if let deadline, (issued & 15) == 0, clock.now >= deadline { return false }
+            return true
+        }
+        func issue(_ slot: Int) {
+            ring.produceRequest(makeRequest(slot: slot, operation: operation, sector: nextSector(), byteCount: workload.blockSize))
+            issued += 1
+            inFlight += 1
+        }
+        var stopping = false
+        for slot in 0..<depth where mayIssue() { issue(slot) }
+        if ring.pushRequests() { try events.notify(port) }
+        while inFlight > 0 {
+            let producer = try ring.readResponseProducer()
+            var answered = 0
+            while let response = ring.nextResponse(before: producer) {
+                answered += 1
+                inFlight -= 1
+                completed += 1
+                if response.status != .okay { errors += 1 }
+                if !stopping && mayIssue() { issue(Int(response.id)) } else { stopping = true }
+            }
+            if answered > 0 {
+                if ring.pushRequests() { try events.notify(port) }
+                continue
+            }
+            if ring.finalCheckForResponses() { continue }
+            guard events.wait(timeoutMilliseconds: 30_000) else { throw BlockFrontendError.timeout("a block response") }
+            _ = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
+            try events.unmask(port)
+        }
+        return BlockWorkloadResult(operations: completed, errors: errors, bytes: UInt64(completed - errors) * UInt64(workload.blockSize),
+                                   elapsed: clock.now - start)
+    }
+}
+
+extension BlockFrontend {
+    /// Runs `workload` on every queue at once, a thread per queue (each
+    /// queue's region is the whole disk region, with its own random seed).
+    public func run(_ workload: BlockWorkload) throws -> BlockWorkloadResult {
+        let box = ResultSlots(count: queues.count)
+        let group = ThreadGroup()
+        for (i, queue) in queues.enumerated() {
+            group.spawn { box.results[i] = Result { try queue.run(workload, seed: 0x9E37_79B9_7F4A_7C15 &* UInt64(i + 1)) } }
+        }
+        group.joinAll()
+        return try box.results.map { try $0!.get() }.reduce(BlockWorkloadResult(operations: 0, errors: 0, bytes: 0, elapsed: .zero), +)
+    }
+}
+
+
+/// One result per thread; each thread writes only its own slot, read after join.
+final class ResultSlots: @unchecked Sendable {
+    var results: [Result<BlockWorkloadResult, Error>?]
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+}
