@@ -76,7 +76,7 @@ let package = Package(
         .executableTarget(
             name: "xenback",
             dependencies: [
-                "XenRingBenchmark", "XenStore", "XenSim",
+                "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -419,12 +419,26 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     }
 }
 
+/// Hooks for benchmarks and tests; not for the data path.
+public enum BlockBackendInstrumentation {
+    private static let workerThreadStart = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// Runs at the start of every ring worker thread started afterwards
+    /// (the block benchmark enables per-thread malloc counting with it).
+    public static func setWorkerThreadStartHook(_ hook: (@Sendable () -> Void)?) {
+        workerThreadStart.withLock { $0 = hook }
+    }
+
+    static func workerThreadStarted() { workerThreadStart.withLock { $0 }?() }
+}
+
 /// A worker's own thread, awaitable from async code without blocking it.
 final class WorkerThread: Sendable {
     private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
     init(_ body: @escaping @Sendable () -> Void) {
         JoinableThread {
+            BlockBackendInstrumentation.workerThreadStarted()
             body()
             self.markFinished()
         }.detach()

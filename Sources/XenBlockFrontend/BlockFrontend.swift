@@ -103,7 +103,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// returns once both sides are Connected. Uses guest frames `frames`.
     public static func connect(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
                                options requested: BlockFrontendOptions = BlockFrontendOptions(),
+                               openEventChannels: (() throws -> any GuestEventChannelDevice)? = nil,
                                timeout: Duration = .seconds(30)) async throws -> BlockFrontend {
+        // In-process guests use the hypervisor directly; a guest in another
+        // process passes its SimClient's device.
+        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
         guard let backendPath = try await xenstore.readIfPresent(frontendPath + "/backend"),
               let backendIDText = try await xenstore.readIfPresent(frontendPath + "/backend-id"),
               let backendID = UInt16(backendIDText) else {
@@ -138,7 +142,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             let ringFrames = takeFrames(1 << options.ringPageOrder)
             let slotFrames = (0..<options.slotsPerQueue).map { _ in takeFrames(options.segmentsPerRequest) }
             let indirectFrames = (0..<options.slotsPerQueue).map { _ in takeFrames(options.indirectPagesPerSlot) }
-            made.append(try BlockFrontendQueue<Layout>(domain: domain, backend: backendDomain, ringFrames: ringFrames,
+            made.append(try BlockFrontendQueue<Layout>(domain: domain, backend: backendDomain, events: try openEvents(), ringFrames: ringFrames,
                                                        slotFrames: slotFrames, indirectFrames: indirectFrames,
                                                        indirect: options.segmentsPerRequest > BlockLimits.maxSegmentsPerRequest))
         }
@@ -241,7 +245,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     let backend: DomainID
     var ring: FrontRing<Layout>
     public let ringRefs: [GrantRef]
-    let events: SimEventChannelDevice
+    let events: any GuestEventChannelDevice
     public let port: EventChannelPort
     let slotFrames: [[UInt32]]
     let slotGrants: [[GrantRef]]
@@ -252,7 +256,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public var segmentsPerRequest: Int { slotFrames.first?.count ?? 0 }
     var pendingPorts = [EventChannelPort](repeating: EventChannelPort(0), count: 4)
 
-    init(domain: SimDomain, backend: DomainID, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
+    init(domain: SimDomain, backend: DomainID, events: any GuestEventChannelDevice, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
          indirect: Bool) throws {
         self.domain = domain
         self.backend = backend
@@ -260,8 +264,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         for (i, f) in ringFrames.enumerated() { precondition(f == ringFrames[0] + UInt32(i)) }
         ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[0]), pageCount: ringFrames.count))
         ringRefs = try ringFrames.map { try domain.grantAccess(to: backend, frame: $0, readOnly: false) }
-        events = try domain.openEventChannels()
-        port = events.allocateUnbound(remoteDomain: backend)
+        self.events = events
+        port = try events.allocateUnbound(remoteDomain: backend)
         self.slotFrames = slotFrames
         slotGrants = try slotFrames.map { try $0.map { try domain.grantAccess(to: backend, frame: $0, readOnly: false) } }
         self.indirectFrames = indirectFrames

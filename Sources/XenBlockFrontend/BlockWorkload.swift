@@ -83,8 +83,12 @@ extension BlockFrontendQueue {
             if let deadline, (issued & 15) == 0, clock.now >= deadline { return false }
             return true
         }
+        // One prepared request per slot (segments and indirect pages do not
+        // change between uses): the loop below allocates nothing.
+        var prepared = (0..<depth).map { makeRequest(slot: $0, operation: operation, sector: 0, byteCount: workload.blockSize) }
         func issue(_ slot: Int) {
-            ring.produceRequest(makeRequest(slot: slot, operation: operation, sector: nextSector(), byteCount: workload.blockSize))
+            prepared[slot].sectorNumber = nextSector()
+            ring.produceRequest(prepared[slot])
             issued += 1
             inFlight += 1
         }
@@ -98,8 +102,10 @@ extension BlockFrontendQueue {
                 answered += 1
                 inFlight -= 1
                 completed += 1
+                let slot = Int(truncatingIfNeeded: response.id)
+                guard (0..<depth).contains(slot) else { errors += 1; continue }  // not an id we sent
                 if response.status != .okay { errors += 1 }
-                if !stopping && mayIssue() { issue(Int(response.id)) } else { stopping = true }
+                if !stopping && mayIssue() { issue(slot) } else { stopping = true }
             }
             if answered > 0 {
                 if ring.pushRequests() { try events.notify(port) }

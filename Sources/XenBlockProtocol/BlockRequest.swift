@@ -56,7 +56,10 @@ public struct BlockRequest: Sendable {
     /// Echoed in the response; the frontend's own tag.
     @inlinable public var id: UInt64 { words[1] }
     /// In 512-byte units whatever the disk's logical sector size.
-    @inlinable public var sectorNumber: UInt64 { words[2] }
+    @inlinable public var sectorNumber: UInt64 {
+        get { words[2] }
+        set { words[2] = newValue }  // frontends reuse a prepared request per slot
+    }
 
     // MARK: blkif_request (read, write, write-barrier, flush)
 

@@ -98,14 +98,20 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
 
     /// An event arrives on one of our ports.
     func raise(_ port: UInt32) {
-        queue.withLock { q in
-            guard q.bound.contains(port) else { return }
+        let signal = queue.withLock { q -> Bool in
+            guard q.bound.contains(port) else { return false }
             if q.masked.contains(port) {
                 q.raisedWhileMasked.insert(port)
-                return
+                return false
             }
             q.masked.insert(port)
             q.pending.append(port)
+            return true
+        }
+        // Outside the lock: the other side's takePending reads the eventfd
+        // before it looks at the queue, so a late write at worst wakes it
+        // once for nothing.
+        if signal {
             var one: UInt64 = 1
             _ = write(fileDescriptor, &one, 8)
         }
@@ -139,16 +145,29 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
     }
 
     public func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int {
-        queue.withLock { q in
+        // Clear readability first, then take: a port queued after the read
+        // writes the eventfd again, so nothing is missed (no syscall under the lock).
+        var count: UInt64 = 0
+        _ = read(fileDescriptor, &count, 8)  // nonblocking
+        let (n, more) = queue.withLock { q -> (Int, Bool) in
             let n = min(ports.count, q.pending.count)
             for i in 0..<n { ports[i] = EventChannelPort(q.pending[i]) }
             q.pending.removeFirst(n)
-            if q.pending.isEmpty {
-                var count: UInt64 = 0
-                _ = read(fileDescriptor, &count, 8)  // nonblocking: clears readability
-            }
-            return n
+            return (n, !q.pending.isEmpty)
         }
+        if more {
+            var one: UInt64 = 1
+            _ = write(fileDescriptor, &one, 8)
+        }
+        return n
     }
-
 }
+
+/// A guest's own event channel device: what a frontend needs besides the
+/// backend's operations, EVTCHNOP_alloc_unbound for its peer to bind to.
+public protocol GuestEventChannelDevice: EventChannelDevice {
+    func allocateUnbound(remoteDomain: DomainID) throws(EventChannelError) -> EventChannelPort
+}
+
+extension SimEventChannelDevice: GuestEventChannelDevice {}
+extension RemoteEventChannelDevice: GuestEventChannelDevice {}

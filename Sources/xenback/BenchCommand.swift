@@ -1,11 +1,11 @@
 import ArgumentParser
 import XenRingBenchmark
 
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks, each side by side with its baseline; the last line of output is JSON.",
-        subcommands: [RingBenchCommand.self])
+        subcommands: [RingBenchCommand.self, BlockBenchCommand.self])
 }
 
 extension WaitMode: ExpressibleByArgument {}
