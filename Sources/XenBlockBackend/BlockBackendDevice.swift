@@ -21,9 +21,22 @@ public struct BlockBackendConfiguration: Sendable, Equatable {
     public var maximumIndirectSegments: Int
     /// O_DIRECT where the backing allows it.
     public var directIO: Bool
+    /// Persistent grants kept mapped per ring when the frontend asks for
+    /// feature-persistent; 0 turns the feature off, and all data moves by
+    /// grant copy. Linux's max_persistent_grants is 1056, sized before
+    /// indirect segments: a 1 MiB request alone uses 256 pages, so 8 of them
+    /// in flight would churn. Ours is 4096 (16 MiB of guest pages per ring).
+    public var maximumPersistentGrants: Int
+    /// While a ring has I/O in flight, how long its worker watches for
+    /// completions and requests before sleeping (0: sleep at once).
+    /// Idle rings never poll.
+    public var pollMicroseconds: Int
 
     public init(engine: BlockEngineKind = .default, maximumQueues: Int = BlockBackendConfiguration.onlineCPUs,
-                maximumRingPageOrder: Int = 4, maximumIndirectSegments: Int = 256, directIO: Bool = true) {
+                maximumRingPageOrder: Int = 4, maximumIndirectSegments: Int = 256, directIO: Bool = true,
+                maximumPersistentGrants: Int = 4096, pollMicroseconds: Int = 0) {
+        self.maximumPersistentGrants = maximumPersistentGrants
+        self.pollMicroseconds = pollMicroseconds
         self.engine = engine
         self.maximumQueues = maximumQueues
         self.maximumRingPageOrder = maximumRingPageOrder
@@ -35,6 +48,12 @@ public struct BlockBackendConfiguration: Sendable, Equatable {
 
     /// Checks the values against what the protocol allows.
     public func validate() throws(BlockDeviceError) {
+        guard (0...65536).contains(maximumPersistentGrants) else {
+            throw .configuration("maximum persistent grants \(maximumPersistentGrants) is not in 0...65536")
+        }
+        guard (0...10_000).contains(pollMicroseconds) else {
+            throw .configuration("poll time \(pollMicroseconds) µs is not in 0...10000")
+        }
         guard (1...64).contains(maximumQueues) else { throw .configuration("maximum queues \(maximumQueues) is not in 1...64") }
         guard (0...4).contains(maximumRingPageOrder) else { throw .configuration("maximum ring page order \(maximumRingPageOrder) is not in 0...4") }
         let cap = BlockLimits.maxIndirectPagesPerRequest * BlockLimits.segmentsPerIndirectPage
@@ -76,9 +95,11 @@ public struct BlockNegotiation: Sendable, Equatable {
     public var abi: BlockProtocolABI
     public var engine: BlockEngineKind
     public var directIO: Bool
+    public var persistentGrants: Bool
 
-    public init(queues: Int, ringPageOrder: Int, abi: BlockProtocolABI, engine: BlockEngineKind, directIO: Bool) {
+    public init(queues: Int, ringPageOrder: Int, abi: BlockProtocolABI, engine: BlockEngineKind, directIO: Bool, persistentGrants: Bool) {
         self.queues = queues; self.ringPageOrder = ringPageOrder; self.abi = abi; self.engine = engine; self.directIO = directIO
+        self.persistentGrants = persistentGrants
     }
 }
 
@@ -308,6 +329,9 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             throw BlockDeviceError.badKey(path: setup.frontendPath + "/ring-page-order", value: "\(order)",
                                           why: "exceeds max-ring-page-order \(configuration.maximumRingPageOrder)")
         }
+        // Persistent only if both sides want it (blkif.h's handshake).
+        let frontendPersistent = try await number(setup, "feature-persistent") ?? 0
+        let persistent = configuration.maximumPersistentGrants > 0 && frontendPersistent == 1
         var geometry = setup.backing.geometry
         geometry.readOnly = setup.readOnly
         geometry.maximumIndirectSegments = configuration.maximumIndirectSegments
@@ -340,11 +364,15 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
                 case .x86_64:
                     started.append(try BlockRingWorker<Platform, BlockRingX86_64>(
                         platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
-                        backing: setup.backing, geometry: geometry, engine: configuration.engine))
+                        backing: setup.backing, geometry: geometry, engine: configuration.engine,
+                        persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
+                        pollMicroseconds: configuration.pollMicroseconds))
                 case .x86_32:
                     started.append(try BlockRingWorker<Platform, BlockRingX86_32>(
                         platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
-                        backing: setup.backing, geometry: geometry, engine: configuration.engine))
+                        backing: setup.backing, geometry: geometry, engine: configuration.engine,
+                        persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
+                        pollMicroseconds: configuration.pollMicroseconds))
                 }
             } catch {
                 // The workers made so far unmap and unbind as they go.
@@ -367,9 +395,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
                 try await put("discard-alignment", "0")
                 try await put("discard-secure", g.secureDiscard ? "1" : "0")
             }
-            // Grant copy only: persistent grants are not offered (yet), so
-            // the negotiated value is 0 whatever the frontend asked.
-            try await put("feature-persistent", "0")
+            // The negotiated value, as newer Linux writes it.
+            try await put("feature-persistent", persistent ? "1" : "0")
             try await put("sectors", "\(g.sectors)")
             try await put("info", "\(setup.info.rawValue)")
             try await put("sector-size", "\(g.logicalSectorSize)")
@@ -392,10 +419,10 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             $0.threads = threads
             $0.stop = stop
             $0.negotiation = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
-                                              directIO: setup.backing.isDirect)
+                                              directIO: setup.backing.isDirect, persistentGrants: persistent)
         }
         logger.info("connected", metadata: ["queues": "\(queues)", "ring-page-order": "\(order)", "protocol": "\(abi)",
-                                            "engine": "\(configuration.engine)"])
+                                            "engine": "\(configuration.engine)", "persistent": "\(persistent)"])
     }
 
     /// Stops the workers (each answers what it has in flight), unmaps the

@@ -36,7 +36,8 @@ public enum BlockIOError: Error, Equatable, Sendable, CustomStringConvertible {
 /// Holds at most `depth` operations; owned by one thread. Dispatch is a
 /// switch over the kind, not an existential, so the data path stays direct.
 final class BlockIOEngine {
-    enum Operation: Int32 { case read = 0, write = 1, fdatasync = 2 }
+    /// readv/writev: `buffer` is an iovec array, `length` its count.
+    enum Operation: Int32 { case read = 0, write = 1, fdatasync = 2, readv = 3, writev = 4 }
 
     let kind: BlockEngineKind
     let depth: Int
@@ -123,6 +124,16 @@ final class BlockIOEngine {
         if rc < 0 { throw .submit(engine: kind, errno: -rc) }
     }
 
+    /// Whether a `reap` would find something, without a system call.
+    @inline(__always)
+    var hasCompletions: Bool {
+        switch kind {
+        case .sync: syncCount > 0
+        case .libaio: CXenAIO_aio_ready(aio) != 0
+        case .ioUring: CXenAIO_uring_ready(uring) != 0
+        }
+    }
+
     /// Calls `body` for every finished operation, without blocking; returns
     /// how many. `body` may prepare new operations.
     @inline(__always)
@@ -159,6 +170,15 @@ final class BlockIOEngine {
         switch operation {
         case .fdatasync:
             return fdatasync(fd) == 0 ? 0 : -Int64(errno)
+        case .readv, .writev:
+            // One call: O_DIRECT on files and devices moves it all or fails;
+            // a short read at the end of a shrunk file is handled by the caller.
+            let iov = UnsafePointer(buffer!.assumingMemoryBound(to: iovec.self))
+            var n: Int
+            repeat {
+                n = operation == .readv ? preadv(fd, iov, Int32(length), off_t(offset)) : pwritev(fd, iov, Int32(length), off_t(offset))
+            } while n < 0 && errno == EINTR
+            return n < 0 ? -Int64(errno) : Int64(n)
         case .read, .write:
             var done = 0
             while done < length {

@@ -56,6 +56,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         var sector: UInt64 = 0
         var byteCount = 0
         var segmentCount = 0
+        /// Data moves straight between the disk and the guest's persistently
+        /// mapped pages (the iovecs), not through the bounce buffer.
+        var persistent = false
     }
     let slotCount: Int
     let maximumSegments: Int
@@ -69,6 +72,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     let slotBytes: Int
     /// Slot i's segments at `segmentTable[i * maximumSegments...]`.
     let segmentTable: UnsafeMutableBufferPointer<BlockSegment>
+    /// Slot i's iovecs (persistent path) at `iovecs[i * maximumSegments...]`.
+    let iovecs: UnsafeMutableBufferPointer<iovec>
+    /// Persistent grants (nil when not negotiated).
+    let persistentGrants: PersistentGrantTable<Platform.Grants>?
     /// Scratch for the request being started: its indirect pages and a
     /// grant-copy batch (used synchronously, never while I/O is in flight).
     let indirect: UnsafeMutableRawPointer
@@ -77,11 +84,16 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// is taken off the ring meanwhile.
     var heldBarrier: BlockRequest?
     var inFlight = 0
+    /// While I/O is in flight, how long to watch the engine and the ring
+    /// before sleeping (tapdisk's polling-duration): trades CPU for latency.
+    let pollNanoseconds: Int
 
     /// Maps the ring (`ringRefs`: 1, 2, 4, 8 or 16 pages), binds the
     /// frontend's event channel port, and prepares the slots and the engine.
     public init(platform: Platform, frontend: DomainID, ringRefs: [GrantRef], remotePort: EventChannelPort,
-                backing: FileBacking, geometry: DiskGeometry? = nil, engine engineKind: BlockEngineKind = .default) throws(BlockBackendError) {
+                backing: FileBacking, geometry: DiskGeometry? = nil, engine engineKind: BlockEngineKind = .default,
+                persistentGrants: Int = 0, pollMicroseconds: Int = 0) throws(BlockBackendError) {
+        self.pollNanoseconds = pollMicroseconds * 1000
         self.platform = platform
         self.frontend = frontend
         self.backing = backing
@@ -128,6 +140,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         freeSlotCount = slotCount
         segmentTable = .allocate(capacity: slotCount * maximumSegments)
         segmentTable.initialize(repeating: BlockSegment(grant: 0, firstSector: 0, lastSector: 0))
+        iovecs = .allocate(capacity: slotCount * maximumSegments)
+        iovecs.initialize(repeating: iovec(iov_base: nil, iov_len: 0))
+        self.persistentGrants = persistentGrants > 0
+            ? PersistentGrantTable(capacity: persistentGrants, grants: platform.grants, domain: frontend) : nil
         indirect = UnsafeMutableRawPointer.allocate(byteCount: BlockLimits.maxIndirectPagesPerRequest * 4096, alignment: 4096)
         copies = .allocate(capacity: maximumSegments)
         copies.initialize(repeating: GrantCopyOperation(source: .local(indirect), destination: .local(indirect), length: 0))
@@ -139,7 +155,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         try? events.unbind(port)
         try? platform.grants.unmap(ringMapping)
         engine.shutdown()
+        persistentGrants?.unmapAll()
         munmap(bounce, slotCount * slotBytes)
+        iovecs.deallocate()
         slots.deallocate()
         freeSlots.deallocate()
         segmentTable.deallocate()
@@ -201,6 +219,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             // Sleep only when the ring is empty (final check) or we cannot
             // take more until I/O completes (a completion wakes us then).
             if canTakeRequests && ring.finalCheckForRequests() { continue }
+            if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
             for i in fds.indices { fds[i].revents = 0 }
             let n = poll(&fds, 3, -1)
             if n < 0 && errno == EINTR { continue }
@@ -218,6 +237,24 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             }
         }
     }
+
+    /// Watches for completions and new requests for up to `pollNanoseconds`;
+    /// true if something turned up.
+    private func spinForWork() -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadline = Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) + pollNanoseconds
+        repeat {
+            if engine.hasCompletions || (canTakeRequests && ring.unconsumedRequests() > 0) { return true }
+            clock_gettime(CLOCK_MONOTONIC, &now)
+        } while Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec) < deadline
+        return false
+    }
+
+    /// Requests per io_submit: small, so the disk is busy while the rest of
+    /// a burst is validated (4 measured best on 4K randread QD32; 32 in one
+    /// call left the disk idle for the whole burst).
+    @inlinable static var submitBatch: Int { 4 }
 
     private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted }
 
@@ -237,8 +274,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 break
             }
             start(request)
+            // Hand I/O to the disk in small batches, so it starts on the
+            // first requests while later ones are still being prepared.
+            if taken % Self.submitBatch == 0 { submit() }
         }
-        if taken > 0 { submit() }
+        if taken % Self.submitBatch != 0 { submit() }
         return taken
     }
 
@@ -307,10 +347,13 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 return finish(slot: slot, status: .error)
             }
             slots[slot].byteCount = sectors * 512
+            slots[slot].persistent = mapPersistently(slot: slot)
             if write {
                 statistics.add(statistics.writeRequests)
                 statistics.add(statistics.writeSectors, UInt64(sectors))
-                guard copyData(slot: slot, intoGuest: false) else { return finish(slot: slot, status: .error) }
+                if !slots[slot].persistent {
+                    guard copyData(slot: slot, intoGuest: false) else { return finish(slot: slot, status: .error) }
+                }
             } else {
                 statistics.add(statistics.readRequests)
                 statistics.add(statistics.readSectors, UInt64(sectors))
@@ -329,6 +372,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Answers the slot's request and frees the slot.
     private func finish(slot: Int, status: BlockStatus) {
+        if slots[slot].persistent {
+            let table = segmentTable.baseAddress! + slot * maximumSegments
+            for i in 0..<slots[slot].segmentCount { persistentGrants?.release(table[i].grant) }
+            slots[slot].persistent = false
+        }
         respond(id: slots[slot].id, operation: slots[slot].operation, status: status)
         slots[slot].phase = .free
         freeSlots[freeSlotCount] = slot
@@ -343,6 +391,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         switch s.phase {
         case .flushBefore, .flushAfter, .flushOnly:
             queued = engine.prepare(.fdatasync, fd: backing.fd, buffer: nil, length: 0, offset: 0, tag: UInt64(slot))
+        case .data where s.persistent:
+            queued = engine.prepare(s.write ? .writev : .readv, fd: backing.fd,
+                                    buffer: UnsafeMutableRawPointer(iovecs.baseAddress! + slot * maximumSegments),
+                                    length: s.segmentCount, offset: s.sector * 512, tag: UInt64(slot))
         case .data:
             queued = engine.prepare(s.write ? .write : .read, fd: backing.fd, buffer: bounce + slot * slotBytes,
                                     length: s.byteCount, offset: s.sector * 512, tag: UInt64(slot))
@@ -367,11 +419,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 guard result == Int64(s.byteCount) else { return finish(slot: slot, status: .error) }
             } else {
                 guard result >= 0 else { return finish(slot: slot, status: .error) }
-                if result < Int64(s.byteCount) {
-                    // Past the end of a file that shrank: the rest reads as zeros.
-                    (bounce + slot * slotBytes + Int(result)).initializeMemory(as: UInt8.self, repeating: 0, count: s.byteCount - Int(result))
+                if result < Int64(s.byteCount) { zeroTail(slot: slot, from: Int(result)) }
+                if !s.persistent {
+                    guard copyData(slot: slot, intoGuest: true) else { return finish(slot: slot, status: .error) }
                 }
-                guard copyData(slot: slot, intoGuest: true) else { return finish(slot: slot, status: .error) }
             }
             if s.flushAfter {
                 slots[slot].phase = .flushAfter
@@ -384,6 +435,45 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         case .free:
             break
         }
+    }
+
+    /// Past the end of a file that shrank, a read comes back short: the
+    /// rest reads as zeros.
+    private func zeroTail(slot: Int, from done: Int) {
+        let s = slots[slot]
+        guard s.persistent else {
+            (bounce + slot * slotBytes + done).initializeMemory(as: UInt8.self, repeating: 0, count: s.byteCount - done)
+            return
+        }
+        var skip = done
+        for i in 0..<s.segmentCount {
+            let v = iovecs[slot * maximumSegments + i]
+            if skip >= v.iov_len { skip -= v.iov_len; continue }
+            (v.iov_base! + skip).initializeMemory(as: UInt8.self, repeating: 0, count: v.iov_len - skip)
+            skip = 0
+        }
+    }
+
+    /// Maps every segment's page through the persistent grant table and
+    /// points the slot's iovecs at them; false (nothing held) if persistent
+    /// grants are off or any page cannot be had, and the request goes
+    /// through grant copy instead.
+    private func mapPersistently(slot: Int) -> Bool {
+        guard let persistentGrants else { return false }
+        let table = segmentTable.baseAddress! + slot * maximumSegments
+        let vectors = iovecs.baseAddress! + slot * maximumSegments
+        let count = slots[slot].segmentCount
+        let mapsBefore = persistentGrants.maps
+        for i in 0..<count {
+            let s = table[i]
+            guard let page = persistentGrants.acquire(s.grant) else {
+                for j in 0..<i { persistentGrants.release(table[j].grant) }
+                return false
+            }
+            vectors[i] = iovec(iov_base: page + Int(s.firstSector) * 512, iov_len: (Int(s.lastSector) - Int(s.firstSector) + 1) * 512)
+        }
+        statistics.add(statistics.persistentGrantMaps, persistentGrants.maps - mapsBefore)
+        return true
     }
 
     /// Fills the slot's segment table (copying indirect pages out of the

@@ -15,6 +15,8 @@ public final class BlockStatistics: Sendable {
     /// WRITE_BARRIERs that had to wait for earlier I/O (Linux's oo_req
     /// counts its own resource shortages; a barrier drain is ours).
     public let barrierWaits = Atomic<UInt64>(0)
+    /// Grants mapped into the persistent grant table (once each, ideally).
+    public let persistentGrantMaps = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -25,17 +27,18 @@ public final class BlockStatistics: Sendable {
     }
 
     public struct Snapshot: Sendable, Equatable {
-        public var readRequests, writeRequests, flushRequests, discardRequests, readSectors, writeSectors, errors, barrierWaits: UInt64
+        public var readRequests, writeRequests, flushRequests, discardRequests, readSectors, writeSectors, errors, barrierWaits, persistentGrantMaps: UInt64
 
         public static let zero = Snapshot(readRequests: 0, writeRequests: 0, flushRequests: 0, discardRequests: 0,
-                                          readSectors: 0, writeSectors: 0, errors: 0, barrierWaits: 0)
+                                          readSectors: 0, writeSectors: 0, errors: 0, barrierWaits: 0, persistentGrantMaps: 0)
 
         /// Sums per-ring counters into the device's.
         public static func + (a: Snapshot, b: Snapshot) -> Snapshot {
             Snapshot(readRequests: a.readRequests + b.readRequests, writeRequests: a.writeRequests + b.writeRequests,
                      flushRequests: a.flushRequests + b.flushRequests, discardRequests: a.discardRequests + b.discardRequests,
                      readSectors: a.readSectors + b.readSectors, writeSectors: a.writeSectors + b.writeSectors,
-                     errors: a.errors + b.errors, barrierWaits: a.barrierWaits + b.barrierWaits)
+                     errors: a.errors + b.errors, barrierWaits: a.barrierWaits + b.barrierWaits,
+                     persistentGrantMaps: a.persistentGrantMaps + b.persistentGrantMaps)
         }
     }
 
@@ -43,6 +46,7 @@ public final class BlockStatistics: Sendable {
         Snapshot(readRequests: readRequests.load(ordering: .relaxed), writeRequests: writeRequests.load(ordering: .relaxed),
                  flushRequests: flushRequests.load(ordering: .relaxed), discardRequests: discardRequests.load(ordering: .relaxed),
                  readSectors: readSectors.load(ordering: .relaxed), writeSectors: writeSectors.load(ordering: .relaxed),
-                 errors: errors.load(ordering: .relaxed), barrierWaits: barrierWaits.load(ordering: .relaxed))
+                 errors: errors.load(ordering: .relaxed), barrierWaits: barrierWaits.load(ordering: .relaxed),
+                 persistentGrantMaps: persistentGrantMaps.load(ordering: .relaxed))
     }
 }

@@ -37,6 +37,14 @@ struct BlockBenchCommand: AsyncParsableCommand {
     @Option(help: "Our backend's I/O engine: libaio, io_uring or sync.")
     var engine: BlockEngineKind = .default
 
+    enum GrantMode: String, ExpressibleByArgument, CaseIterable { case persistent, copy }
+
+    @Option(help: "How our backend moves data: persistent (grants mapped once, I/O straight into guest pages) or copy (grant copy through a bounce buffer).")
+    var grants: GrantMode = .persistent
+
+    @Option(help: "Microseconds our backend and frontend watch for work before sleeping (0: sleep at once).")
+    var pollUs: Int = 0
+
     @Option(help: "The data file (default: /var/tmp/xenback-bench-<size>.img, laid out once).")
     var file: String?
 
@@ -70,14 +78,16 @@ struct BlockBenchCommand: AsyncParsableCommand {
         if AllocationCounter.isActive {
             BlockBackendInstrumentation.setWorkerThreadStartHook { AllocationCounter.measureThisThread() }
         }
-        let rig = try await BlockRig(path: path, configuration: BlockBackendConfiguration(engine: engine, maximumQueues: 1),
+        let rig = try await BlockRig(path: path, configuration: BlockBackendConfiguration(
+            engine: engine, maximumQueues: 1, maximumPersistentGrants: grants == .persistent ? BlockBackendConfiguration().maximumPersistentGrants : 0,
+            pollMicroseconds: pollUs),
                                      options: options, logger: logger)
         let queue = rig.frontend.queues[0]
         let negotiation = rig.device.negotiation
         let workload = BlockWorkload(pattern: rw, blockSize: blockSize, iodepth: iodepth, regionBytes: regionBytes,
-                                     duration: .seconds(runtime))
+                                     duration: .seconds(runtime), pollMicroseconds: pollUs)
         print("blk benchmark: \(rw) bs \(blockSize) iodepth \(iodepth) region \(regionBytes) B, \(runtime) s x \(rounds) round(s), file \(path)")
-        print("ours: engine \(engine), O_DIRECT \(negotiation?.directIO ?? false), ring order \(order), \(segments > 11 ? "indirect" : "direct") segments")
+        print("ours: engine \(engine), grants \(negotiation?.persistentGrants == true ? "persistent" : "copy"), O_DIRECT \(negotiation?.directIO ?? false), ring order \(order), \(segments > 11 ? "indirect" : "direct") segments")
         print("round  fio IOPS      fio MB/s   ours IOPS     ours MB/s  ratio")
         var fioRuns: [FioResult] = []
         var ourRuns: [BlockWorkloadResult] = []
@@ -103,7 +113,7 @@ struct BlockBenchCommand: AsyncParsableCommand {
         let ratio = median(zip(ourRuns, fioRuns).map { $0.iops / $1.iops })
         let allocs = allocations.map { fmt(Double($0) / Double(max(ops, 1)), 6) } ?? "null"
         print("median: fio \(fmt(fioIOPS, 0)) IOPS \(fmt(fioMBps, 1)) MB/s; ours \(fmt(ourIOPS, 0)) IOPS \(fmt(ourMBps, 1)) MB/s; ratio \(fmt(ratio, 3)); allocations/request \(allocs)")
-        print("{\"bench\":\"blk\",\"rw\":\"\(rw)\",\"bs\":\(blockSize),\"iodepth\":\(iodepth),\"engine\":\"\(engine)\",\"runtime\":\(runtime),\"rounds\":\(rounds),\"backend_iops\":\(fmt(ourIOPS, 0)),\"fio_iops\":\(fmt(fioIOPS, 0)),\"ratio\":\(fmt(ratio, 3)),\"backend_mbps\":\(fmt(ourMBps, 1)),\"fio_mbps\":\(fmt(fioMBps, 1)),\"allocs_per_request\":\(allocs)}")
+        print("{\"bench\":\"blk\",\"rw\":\"\(rw)\",\"bs\":\(blockSize),\"iodepth\":\(iodepth),\"engine\":\"\(engine)\",\"grants\":\"\(grants)\",\"poll_us\":\(pollUs),\"runtime\":\(runtime),\"rounds\":\(rounds),\"backend_iops\":\(fmt(ourIOPS, 0)),\"fio_iops\":\(fmt(fioIOPS, 0)),\"ratio\":\(fmt(ratio, 3)),\"backend_mbps\":\(fmt(ourMBps, 1)),\"fio_mbps\":\(fmt(fioMBps, 1)),\"allocs_per_request\":\(allocs)}")
     }
 
     struct FioResult { var iops: Double; var megabytesPerSecond: Double }

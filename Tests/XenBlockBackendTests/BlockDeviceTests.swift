@@ -103,7 +103,7 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
         case .x86_32: try exercise(try await host.connect(disk, BlockRingX86_32.self, options: options))
         }
         let n = device.negotiation
-        #expect(n == BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: .default, directIO: true))
+        #expect(n == BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: .default, directIO: true, persistentGrants: true))
         let stats = device.statistics
         #expect(stats.writeRequests == UInt64(queues) && stats.readRequests == UInt64(queues) && stats.flushRequests == UInt64(queues))
         #expect(stats.writeSectors == UInt64(queues * segments * 8) && stats.errors == 0)

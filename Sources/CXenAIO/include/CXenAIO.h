@@ -7,7 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { CXENAIO_READ = 0, CXENAIO_WRITE = 1, CXENAIO_FDATASYNC = 2 };
+#include <sys/uio.h>
+
+enum { CXENAIO_READ = 0, CXENAIO_WRITE = 1, CXENAIO_FDATASYNC = 2, CXENAIO_READV = 3, CXENAIO_WRITEV = 4 };
 
 typedef struct CXenAIO_aio CXenAIO_aio;
 /// An aio context for `depth` operations in flight, signalling `eventfd`
@@ -15,7 +17,8 @@ typedef struct CXenAIO_aio CXenAIO_aio;
 CXenAIO_aio *CXenAIO_aio_create(unsigned depth, int eventfd);
 void CXenAIO_aio_destroy(CXenAIO_aio *ctx);
 /// Queues one operation (not yet submitted): 0, or -EAGAIN if `depth`
-/// operations are already queued or in flight.
+/// operations are already queued or in flight. For READV/WRITEV, `buffer`
+/// is a `struct iovec` array and `length` its count.
 int CXenAIO_aio_prepare(CXenAIO_aio *ctx, int kind, int fd, void *buffer, size_t length, int64_t offset, uint64_t tag);
 /// Submits everything queued: the number submitted, or -errno. Operations
 /// the kernel refused are completed with their error and returned by reap.
@@ -24,11 +27,16 @@ int CXenAIO_aio_submit(CXenAIO_aio *ctx);
 /// (bytes or -errno).
 int CXenAIO_aio_reap(CXenAIO_aio *ctx, uint64_t *tags, int64_t *results, int max);
 
+/// Whether completions are waiting, without a system call (reads the
+/// completion ring the kernel shares with us, as fio's libaio engine does).
+int CXenAIO_aio_ready(CXenAIO_aio *ctx);
+
 typedef struct CXenAIO_uring CXenAIO_uring;
 CXenAIO_uring *CXenAIO_uring_create(unsigned depth, int eventfd);
 void CXenAIO_uring_destroy(CXenAIO_uring *ctx);
 int CXenAIO_uring_prepare(CXenAIO_uring *ctx, int kind, int fd, void *buffer, size_t length, int64_t offset, uint64_t tag);
 int CXenAIO_uring_submit(CXenAIO_uring *ctx);
+int CXenAIO_uring_ready(CXenAIO_uring *ctx);
 int CXenAIO_uring_reap(CXenAIO_uring *ctx, uint64_t *tags, int64_t *results, int max);
 
 #endif
