@@ -460,13 +460,23 @@ public enum BlockBackendInstrumentation {
 }
 
 /// A worker's own thread, awaitable from async code without blocking it.
+/// The body (and what it captured: the ring worker) is released before
+/// waiters resume, so a finished thread holds no mapping.
 final class WorkerThread: Sendable {
     private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
+    private final class Body: @unchecked Sendable {
+        // Touched only by the thread.
+        var run: (@Sendable () -> Void)?
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
     init(_ body: @escaping @Sendable () -> Void) {
+        let holder = Body(body)
         JoinableThread {
             BlockBackendInstrumentation.workerThreadStarted()
-            body()
+            holder.run?()
+            holder.run = nil
             self.markFinished()
         }.detach()
     }

@@ -245,6 +245,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     let backend: DomainID
     var ring: FrontRing<Layout>
     public let ringRefs: [GrantRef]
+    /// Guest frames of the ring pages (hostile tests write them directly).
+    public let ringFrames: [UInt32]
     let events: any GuestEventChannelDevice
     public let port: EventChannelPort
     let slotFrames: [[UInt32]]
@@ -263,6 +265,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // The ring pages are consecutive frames, so one contiguous view of them.
         for (i, f) in ringFrames.enumerated() { precondition(f == ringFrames[0] + UInt32(i)) }
         ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[0]), pageCount: ringFrames.count))
+        self.ringFrames = ringFrames
         ringRefs = try ringFrames.map { try domain.grantAccess(to: backend, frame: $0, readOnly: false) }
         self.events = events
         port = try events.allocateUnbound(remoteDomain: backend)
@@ -373,4 +376,24 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Sends `request` as it is (for hostile-frontend tests) and returns the answer.
     public func raw(_ request: BlockRequest) throws -> BlockResponse { try one(request) }
+
+    /// The grant of data page `page` of request slot `slot`.
+    public func dataGrant(slot: Int, page: Int) -> GrantRef { slotGrants[slot][page] }
+
+    /// The guest frame of data page `page` of request slot `slot`.
+    public func dataFrame(slot: Int, page: Int) -> UInt32 { slotFrames[slot][page] }
+
+    /// Notifies the backend without pushing anything (hostile tests).
+    public func kick() throws { try events.notify(port) }
+
+    /// Produces `requests` and pushes them, then collects `count` answers
+    /// (in whatever order they come) or throws after `timeoutMilliseconds`.
+    public func submit(_ requests: [BlockRequest], expecting count: Int, timeoutMilliseconds: Int32 = 30_000) throws -> [BlockResponse] {
+        for r in requests { ring.produceRequest(r) }
+        if ring.pushRequests() { try events.notify(port) }
+        var answers: [BlockResponse] = []
+        if count == 0 { return answers }
+        try awaitResponses(timeoutMilliseconds: timeoutMilliseconds) { answers.append($0); return answers.count < count }
+        return answers
+    }
 }

@@ -48,10 +48,11 @@ final class SimHost: @unchecked Sendable {
         return (device, Task { try await device.run() })
     }
 
-    func connect<L: RingLayout>(_ disk: ToolstackDisk, _ layout: L.Type, options: BlockFrontendOptions) async throws -> BlockFrontend<L>
+    func connect<L: RingLayout>(_ disk: ToolstackDisk, _ layout: L.Type, options: BlockFrontendOptions,
+                                frames: Range<UInt32>? = nil) async throws -> BlockFrontend<L>
     where L.Request == BlockRequest, L.Response == BlockResponse {
         try await BlockFrontend<L>.connect(domain: guest, xenstore: frontendStore, frontendPath: disk.frontendPath,
-                                           frames: 0..<UInt32(guest.pageCount), options: options)
+                                           frames: frames ?? 0..<UInt32(guest.pageCount), options: options)
     }
 }
 
