@@ -95,7 +95,7 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
-        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenStore", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
+        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

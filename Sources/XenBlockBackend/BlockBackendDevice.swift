@@ -391,7 +391,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             try await put("feature-barrier", "1")
             try await put("feature-discard", discard ? "1" : "0")
             if discard {
-                try await put("discard-granularity", "\(max(g.physicalSectorSize, g.logicalSectorSize))")
+                try await put("discard-granularity", "\(max(g.discardGranularity, g.logicalSectorSize))")
                 try await put("discard-alignment", "0")
                 try await put("discard-secure", g.secureDiscard ? "1" : "0")
             }

@@ -10,6 +10,8 @@ public struct DiskGeometry: Sendable, Equatable {
     public var readOnly: Bool
     public var discard: Bool
     public var secureDiscard: Bool
+    /// `discard-granularity` in bytes (0: the logical sector size).
+    public var discardGranularity: Int = 0
     /// `feature-max-indirect-segments` we advertise (0: no indirect).
     public var maximumIndirectSegments: Int
 

@@ -41,9 +41,12 @@ public final class FileBacking: @unchecked Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw .open(path: path, errno: e) }
         let bytes: UInt64, logical: Int, physical: Int
+        var discard = !readOnly, secure = false, granularity = 0
         switch st.st_mode & S_IFMT {
         case S_IFREG:
+            // Punching holes works in file-system blocks.
             bytes = UInt64(st.st_size); logical = 512; physical = max(512, Int(st.st_blksize))
+            granularity = Int(st.st_blksize)
             isBlockDevice = false
         case S_IFBLK:
             var size: UInt64 = 0; var l: Int32 = 0; var p: Int32 = 0
@@ -52,17 +55,42 @@ public final class FileBacking: @unchecked Sendable {
             }
             bytes = size; logical = Int(l); physical = Int(p)
             isBlockDevice = true
+            // What the device's queue says it can do (Linux blkback asks the same queue).
+            let queue = Self.sysfsQueue(device: UInt64(st.st_rdev))
+            discard = !readOnly && (Self.sysfsNumber(queue + "discard_max_bytes") ?? 0) > 0
+            granularity = Self.sysfsNumber(queue + "discard_granularity") ?? 0
+            secure = discard && (Self.sysfsNumber(queue + "max_secure_erase_sectors") ?? 0) > 0
         default:
             close(fd)
             throw .notADisk(path: path)
         }
         self.path = path
         self.fd = fd
-        geometry = DiskGeometry(sectors: bytes / 512, logicalSectorSize: logical, physicalSectorSize: physical,
-                                readOnly: readOnly, discard: !readOnly, secureDiscard: isBlockDevice && !readOnly)
+        var geometry = DiskGeometry(sectors: bytes / 512, logicalSectorSize: logical, physicalSectorSize: physical,
+                                    readOnly: readOnly, discard: discard, secureDiscard: secure)
+        geometry.discardGranularity = granularity
+        self.geometry = geometry
     }
 
     deinit { close(fd) }
+
+    /// /sys/dev/block/MAJOR:MINOR/queue/ for a device number (glibc's
+    /// gnu_dev_major/minor split).
+    static func sysfsQueue(device dev: UInt64) -> String {
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
+        let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
+        return "/sys/dev/block/\(major):\(minor)/queue/"
+    }
+
+    static func sysfsNumber(_ path: String) -> Int? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = Glibc.read(fd, &buffer, 63)
+        guard n > 0 else { return nil }
+        return Int(String(decoding: buffer[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
+    }
 
     /// Whether a 512-byte direct read at a 512-byte offset works (file
     /// systems on 4Kn disks, tmpfs and some others refuse it).
