@@ -154,3 +154,49 @@ final class ResultSlots: @unchecked Sendable {
     var results: [Result<BlockWorkloadResult, Error>?]
     init(count: Int) { results = Array(repeating: nil, count: count) }
 }
+
+/// The outcome of a write–flush–read-back pass.
+public struct BlockVerifyResult: Sendable, Equatable {
+    public var blocksWritten: Int
+    public var blocksVerified: Int
+    /// Blocks whose read-back differed, or whose request failed.
+    public var mismatches: Int
+    public var failedRequests: Int
+    public var ok: Bool { mismatches == 0 && failedRequests == 0 && blocksVerified == blocksWritten }
+}
+
+extension BlockFrontendQueue {
+    /// The data `verify` writes to a block: depends on the sector and the
+    /// seed, so a block read back from anywhere else cannot match by chance.
+    public static func verifyPattern(sector: UInt64, seed: UInt64, count: Int) -> [UInt8] {
+        var x = (sector &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ seed
+        return (0..<count).map { _ in
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            return UInt8(truncatingIfNeeded: x)
+        }
+    }
+
+    /// Writes `blocks` blocks of `blockSize` from `startSector`, flushes,
+    /// then reads each back and compares.
+    public func verify(startSector: UInt64, blocks: Int, blockSize: Int, seed: UInt64) throws -> BlockVerifyResult {
+        var result = BlockVerifyResult(blocksWritten: 0, blocksVerified: 0, mismatches: 0, failedRequests: 0)
+        let step = UInt64(blockSize / 512)
+        for i in 0..<blocks {
+            let sector = startSector + UInt64(i) * step
+            if try write(sector: sector, Self.verifyPattern(sector: sector, seed: seed, count: blockSize)) == .okay {
+                result.blocksWritten += 1
+            } else {
+                result.failedRequests += 1
+            }
+        }
+        if try flush() != .okay { result.failedRequests += 1 }
+        for i in 0..<blocks {
+            let sector = startSector + UInt64(i) * step
+            let (status, data) = try read(sector: sector, byteCount: blockSize)
+            guard status == .okay else { result.failedRequests += 1; continue }
+            result.blocksVerified += 1
+            if data != Self.verifyPattern(sector: sector, seed: seed, count: blockSize) { result.mismatches += 1 }
+        }
+        return result
+    }
+}

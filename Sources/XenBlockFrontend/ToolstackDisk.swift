@@ -32,6 +32,14 @@ public struct ToolstackDisk: Sendable, Equatable {
             "virtual-device": "\(devid)", "device-type": cdrom ? "cdrom" : "disk",
         ]
         try await xenstore.withTransaction { t in
+            // Each side owns its directory and may read the other's (what
+            // libxl sets); the keys inherit that.
+            try await xenstore.mkdir(backendPath, transaction: t)
+            try await xenstore.setPermissions(backendPath, XenStorePermissions(
+                owner: UInt32(backend.rawValue), grants: [.init(domain: UInt32(frontend.rawValue), access: .read)]), transaction: t)
+            try await xenstore.mkdir(frontendPath, transaction: t)
+            try await xenstore.setPermissions(frontendPath, XenStorePermissions(
+                owner: UInt32(frontend.rawValue), grants: [.init(domain: UInt32(backend.rawValue), access: .read)]), transaction: t)
             for (k, v) in backendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(backendPath + "/" + k, v, transaction: t) }
             for (k, v) in frontendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(frontendPath + "/" + k, v, transaction: t) }
         }

@@ -38,14 +38,16 @@ struct XenStoreTree: Sendable {
     }
 
     /// Creates `path` and any missing ancestors; new nodes take their
-    /// parent's permissions with `creator` as owner. Returns the created paths.
+    /// parent's permissions, and an unprivileged creator (not dom0) becomes
+    /// the owner, as with xenstored: a toolstack writing under a directory it
+    /// gave to a guest leaves the guest owning the keys. Returns the created paths.
     @discardableResult
     mutating func create(_ path: String, creator: UInt32) -> [String] {
         if nodes[path] != nil { return [] }
         let parent = Self.parent(of: path)
         var created = create(parent, creator: creator)
         var permissions = nodes[parent]!.permissions
-        permissions.entries[0].domain = creator
+        if creator != 0 { permissions.entries[0].domain = creator }
         let generation = bump()
         nodes[path] = Node(value: [], children: [], permissions: permissions, generation: generation)
         nodes[parent]!.children.append(Self.name(of: path))

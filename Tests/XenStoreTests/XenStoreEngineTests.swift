@@ -185,7 +185,7 @@ final class TestClient {
         dom0.send(.mkdir, ["/local/domain/9"])
         dom0.send(.setPermissions, ["/local/domain/9", "n9"])
         #expect(guest.error(guest.write("big", String(repeating: "x", count: 17))) == .noSpace)
-        #expect(dom0.write("/local/domain/9/big", String(repeating: "x", count: 5000)).type == .write)
+        #expect(dom0.write("/tool/big", String(repeating: "x", count: 5000)).type == .write)
         // The home node it owns counts: 3 more make 4.
         for i in 0..<3 { #expect(guest.write("n\(i)", "v").type == .write) }
         #expect(guest.error(guest.write("n3", "v")) == .noSpace, "node quota")
@@ -227,5 +227,22 @@ final class TestClient {
             if done { break }
         }
         #expect(names.count == 400 && Set(names).count == 400)
+    }
+}
+
+@Suite struct XenStoreOwnershipTests {
+    /// A node dom0 creates under a guest's directory keeps the directory's
+    /// owner (the guest), as xenstored does; a guest owns what it creates.
+    @Test func newNodesInheritTheOwnerUnlessAGuestCreatesThem() {
+        let e = XenStoreEngine(), dom0 = TestClient(e), guest = TestClient(e, domain: 9)
+        dom0.send(.mkdir, ["/local/domain/9/device"])
+        dom0.send(.setPermissions, ["/local/domain/9/device", "n9", "r0"])
+        dom0.write("/local/domain/9/device/vbd/51712/state", "1")
+        #expect(dom0.send(.getPermissions, ["/local/domain/9/device/vbd/51712/state"]).strings == ["n9", "r0"])
+        #expect(guest.write("/local/domain/9/device/vbd/51712/state", "3").type == .write, "the guest may write its own frontend keys")
+        dom0.send(.mkdir, ["/shared"])
+        dom0.send(.setPermissions, ["/shared", "n0", "b9"])
+        guest.write("/shared/x", "1")
+        #expect(dom0.send(.getPermissions, ["/shared/x"]).strings.first == "n9", "a guest owns what it creates")
     }
 }

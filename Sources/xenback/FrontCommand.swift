@@ -1,0 +1,129 @@
+import ArgumentParser
+import Logging
+import XenBlockBackend
+import XenBlockFrontend
+import XenBlockProtocol
+import XenPlatform
+import XenRing
+import XenSim
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct FrontCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "front",
+        abstract: "The Swift frontends (test drivers) against a backend.",
+        subcommands: [BlockFrontCommand.self])
+}
+
+extension BlockProtocolABI: ExpressibleByArgument {}
+
+struct BlockFrontCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "blk",
+        abstract: "A blkfront: negotiate, write–flush–read back and verify, then run a workload.",
+        discussion: """
+        With --disk, everything runs in this process: the software hypervisor, its xenstored, the \
+        block backend on PATH and this frontend. With --sim, this process is guest DOMAIN of a \
+        running `xenback sim serve` and drives the disk the toolstack attached to it (DEVID), \
+        served by a backend in another process. Exit status 0 only if every block verified.
+        """)
+
+    @Option(help: "Serve this file or block device in-process.")
+    var disk: String?
+
+    @Option(help: "A running sim's control socket (the guest runs in this process).")
+    var sim: String?
+
+    @Option(help: "The guest's domain id (with --sim).")
+    var domain: UInt16 = 1
+
+    @Option(help: "The virtual device number (51712 is xvda).")
+    var devid: Int = ToolstackDisk.firstXenDisk
+
+    @Flag(help: "Read-only (in-process: the disk is attached with mode r; verify only reads).")
+    var readOnly = false
+
+    @Option(help: "Queues to ask for.") var queues: Int = 1
+    @Option(help: "Ring page order to ask for (0...4).") var ringPageOrder: Int = 0
+    @Option(help: "Ring ABI: x86_64-abi or x86_32-abi.") var abi: BlockProtocolABI = .x86_64
+    @Option(help: "MiB written, flushed and read back for verification (0 skips).") var verifyMb: Int = 16
+    @Option(help: "Workload pattern after verification.") var rw: BlockPattern = .randread
+    @Option(help: "Workload block size.") var bs: String = "4k"
+    @Option(help: "Workload requests in flight per queue.") var iodepth: Int = 16
+    @Option(help: "Workload seconds (0 skips).") var seconds: Int = 3
+
+    func validate() throws {
+        guard (disk == nil) != (sim == nil) else { throw ValidationError("give exactly one of --disk PATH or --sim SOCKET") }
+        guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
+        guard (0...4).contains(ringPageOrder) else { throw ValidationError("--ring-page-order must be 0...4") }
+        guard let size = parseSize(bs), size >= 512, size % 512 == 0, size <= 1 << 20 else {
+            throw ValidationError("--bs must be a multiple of 512 up to 1m, got \(bs)")
+        }
+        guard (1...512).contains(iodepth), verifyMb >= 0, seconds >= 0 else { throw ValidationError("--iodepth 1...512, --verify-mb and --seconds ≥ 0") }
+    }
+
+    func run() async throws {
+        let blockSize = Int(parseSize(bs)!)
+        var logger = Logger(label: "xenback.front.blk")
+        logger.logLevel = .warning
+        let segments = max(BlockLimits.maxSegmentsPerRequest, max(16, (blockSize + 4095) / 4096))
+        let options = BlockFrontendOptions(queues: queues, ringPageOrder: ringPageOrder, abi: abi,
+                                           slotsPerQueue: iodepth, segmentsPerRequest: segments)
+        if let disk {
+            guard abi == .x86_64 else { throw ValidationError("in-process mode speaks x86_64-abi; use --sim for x86_32") }
+            let rig = try await BlockRig(path: disk, readOnly: readOnly,
+                                         configuration: BlockBackendConfiguration(maximumQueues: max(queues, BlockBackendConfiguration.onlineCPUs)),
+                                         options: options, logger: logger)
+            let outcome = Result { try exercise(rig.frontend, blockSize: blockSize) }
+            print("backend: \(rig.device.statistics)")
+            await rig.shutdown()
+            if try !outcome.get() { throw ExitCode.failure }
+            return
+        }
+        let client = try SimClient(socketPath: sim!)
+        let guest = try client.attachDomain(DomainID(domain))
+        let xenstore = try await client.xenstore(as: DomainID(domain))
+        let frontendPath = "/local/domain/\(domain)/device/vbd/\(devid)"
+        func connectAndRun<L: RingLayout>(_: L.Type) async throws -> Bool where L.Request == BlockRequest, L.Response == BlockResponse {
+            let front = try await BlockFrontend<L>.connect(
+                domain: guest, xenstore: xenstore, frontendPath: frontendPath, frames: 0..<UInt32(guest.pageCount),
+                options: options, openEventChannels: { try client.openEventChannels(domain: DomainID(domain)) })
+            let outcome = Result { try exercise(front, blockSize: blockSize) }
+            _ = try await front.close()
+            return try outcome.get()
+        }
+        let ok = abi == .x86_64 ? try await connectAndRun(BlockRingX86_64.self) : try await connectAndRun(BlockRingX86_32.self)
+        await xenstore.close()
+        if !ok { throw ExitCode.failure }
+    }
+
+    /// Prints what was negotiated, verifies, runs the workload; true if all verified.
+    func exercise<L: RingLayout>(_ front: BlockFrontend<L>, blockSize: Int) throws -> Bool
+    where L.Request == BlockRequest, L.Response == BlockResponse {
+        let d = front.disk
+        print("connected: \(d.sectors) sectors of 512 B (sector-size \(d.sectorSize), physical \(d.physicalSectorSize)), info \(d.info.rawValue), queues \(front.queues.count), flush \(d.flush), barrier \(d.barrier), discard \(d.discard), persistent \(d.persistentGrants), indirect \(d.maximumIndirectSegments)")
+        var ok = true
+        if verifyMb > 0 && !d.info.contains(.readOnly) {
+            let verifyBlock = 64 * 1024
+            let blocks = min(verifyMb << 20, Int(d.sectors * 512)) / verifyBlock / front.queues.count
+            for (i, q) in front.queues.enumerated() {
+                let r = try q.verify(startSector: UInt64(i * blocks * verifyBlock / 512), blocks: blocks, blockSize: verifyBlock,
+                                     seed: UInt64(getpid()))
+                print("verify queue \(i): \(r.blocksWritten) blocks of 64 KiB written, flushed, \(r.blocksVerified) read back, \(r.mismatches) mismatches, \(r.failedRequests) failed requests")
+                ok = ok && r.ok
+            }
+        }
+        if seconds > 0 {
+            let pattern = d.info.contains(.readOnly) && rw.writes ? BlockPattern.randread : rw
+            let result = try front.run(BlockWorkload(pattern: pattern, blockSize: blockSize, iodepth: iodepth,
+                                                     regionBytes: d.sectors * 512, duration: .seconds(seconds)))
+            print("workload \(pattern) bs \(blockSize) iodepth \(iodepth) x \(front.queues.count) queue(s): \(fmt(result.iops, 0)) IOPS, \(fmt(result.megabytesPerSecond, 1)) MB/s, \(result.errors) errors")
+            ok = ok && result.errors == 0
+        }
+        print(ok ? "verified: ok" : "verified: FAILED")
+        return ok
+    }
+}
