@@ -57,7 +57,10 @@ public struct BlockWorkloadResult: Sendable {
 extension BlockFrontendQueue {
     /// Runs `workload` on this queue from the calling thread. Requests are
     /// prepared per slot and the ring is pushed once per batch of answers.
-    public func run(_ workload: BlockWorkload, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) throws -> BlockWorkloadResult {
+    /// `steady` runs once setup is done, just before the first request (the
+    /// benchmark starts its malloc counter there).
+    public func run(_ workload: BlockWorkload, seed: UInt64 = 0x9E37_79B9_7F4A_7C15,
+                    steady: () -> Void = {}) throws -> BlockWorkloadResult {
         precondition(workload.blockSize % 512 == 0 && workload.blockSize <= segmentsPerRequest * 4096,
                      "block size \(workload.blockSize) does not fit \(segmentsPerRequest) pages")
         let depth = max(1, min(workload.iodepth, slotCount, Int(ring.size)))
@@ -97,6 +100,7 @@ extension BlockFrontendQueue {
             inFlight += 1
         }
         var stopping = false
+        steady()
         for slot in 0..<depth where mayIssue() { issue(slot) }
         if ring.pushRequests() { try events.notify(port) }
         while inFlight > 0 {

@@ -4,6 +4,7 @@ import Logging
 import XenBlockBackend
 import XenBlockFrontend
 import XenBlockProtocol
+import XenPlatform
 import XenRingBenchmark
 
 extension BlockPattern: ExpressibleByArgument {}
@@ -94,10 +95,24 @@ struct BlockBenchCommand: AsyncParsableCommand {
         var allocations: Int?
         for round in 1...rounds {
             let fio = try runFio(path: path)
-            AllocationCounter.measureThisThread()
-            if round == rounds { AllocationCounter.start() }
-            let ours = try queue.run(workload, seed: UInt64(round) &* 0x9E37_79B9_7F4A_7C15)
-            if round == rounds { allocations = AllocationCounter.stop() }
+            // Our frontend on a thread of its own: counting is per thread, and a
+            // pool thread would go on to run other tasks while still flagged.
+            let counted = round == rounds
+            let outcome = OneResult<(BlockWorkloadResult, Int?)>()
+            let group = ThreadGroup()
+            group.spawn {
+                AllocationCounter.measureThisThread()
+                let r = Result {
+                    try queue.run(workload, seed: UInt64(round) &* 0x9E37_79B9_7F4A_7C15) {
+                        if counted { AllocationCounter.start() }
+                    }
+                }
+                let n = counted ? AllocationCounter.stop() : nil
+                outcome.value = r.map { ($0, n) }
+            }
+            group.joinAll()
+            let (ours, counts) = try outcome.value!.get()
+            if counted { allocations = counts }
             guard ours.errors == 0 else { throw ValidationError("our backend answered \(ours.errors) request(s) with an error") }
             fioRuns.append(fio)
             ourRuns.append(ours)
@@ -144,6 +159,11 @@ struct BlockBenchCommand: AsyncParsableCommand {
         guard status == 0 else { throw ValidationError("laying out \(path) with fio failed:\n\(output)") }
         return path
     }
+}
+
+/// A value one thread sets and another reads after joining it.
+final class OneResult<T>: @unchecked Sendable {
+    var value: Result<T, Error>?
 }
 
 func median(_ values: [Double]) -> Double {
