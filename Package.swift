@@ -47,6 +47,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "XenBlockFrontend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
+        // The in-process sim host for block devices: tests, bench blk, front blk.
+        .target(name: "XenBlockTestbed", dependencies: [
+            "XenBlockBackend", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenRing", "XenBlockProtocol",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // libaio and liburing (libaio-dev, liburing-dev) behind a small C API.
         .target(name: "CXenAIO", cSettings: [.define("_GNU_SOURCE")],
                 linkerSettings: [.linkedLibrary("aio"), .linkedLibrary("uring")]),
@@ -76,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "xenback",
             dependencies: [
-                "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend",
+                "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -95,7 +100,7 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
-        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
+        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

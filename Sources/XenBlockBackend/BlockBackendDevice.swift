@@ -359,23 +359,18 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             guard let port = try await number(setup, prefix + "event-channel") else {
                 throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "event-channel", value: nil, why: "the frontend's event channel port")
             }
+            func worker<L: RingLayout>(_: L.Type) throws(BlockBackendError) -> any BlockRingService
+            where L.Request == BlockRequest, L.Response == BlockResponse {
+                try BlockRingWorker<Platform, L>(
+                    platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
+                    backing: setup.backing, geometry: geometry, engine: configuration.engine,
+                    persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
+                    pollMicroseconds: configuration.pollMicroseconds)
+            }
             do {
-                switch abi {
-                case .x86_64:
-                    started.append(try BlockRingWorker<Platform, BlockRingX86_64>(
-                        platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
-                        backing: setup.backing, geometry: geometry, engine: configuration.engine,
-                        persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
-                        pollMicroseconds: configuration.pollMicroseconds))
-                case .x86_32:
-                    started.append(try BlockRingWorker<Platform, BlockRingX86_32>(
-                        platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
-                        backing: setup.backing, geometry: geometry, engine: configuration.engine,
-                        persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
-                        pollMicroseconds: configuration.pollMicroseconds))
-                }
+                // The workers made so far unmap and unbind as they go if this throws.
+                started.append(abi == .x86_64 ? try worker(BlockRingX86_64.self) : try worker(BlockRingX86_32.self))
             } catch {
-                // The workers made so far unmap and unbind as they go.
                 throw BlockDeviceError.backend(error)
             }
             ports.append(EventChannelPort(port))

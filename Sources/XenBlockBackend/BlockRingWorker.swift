@@ -257,7 +257,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// Requests per io_submit: small, so the disk is busy while the rest of
     /// a burst is validated (4 measured best on 4K randread QD32; 32 in one
     /// call left the disk idle for the whole burst).
-    @inlinable static var submitBatch: Int { 4 }
+    static var submitBatch: Int { 4 }
 
     private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted }
 

@@ -6,18 +6,8 @@ import Glibc
 public struct JoinableThread: ~Copyable {
     private var thread: pthread_t
 
-    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-
     public init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            // SAFETY: arg is the retained Box passed below; this thread takes ownership.
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        self.thread = thread
+        thread = startThread(body)
     }
 
     /// Lets the thread run on its own; nobody will join it.
@@ -39,20 +29,11 @@ public struct JoinableThread: ~Copyable {
 /// `JoinableThread` cannot exist: it is noncopyable).
 public final class ThreadGroup {
     private var threads: [pthread_t] = []
-    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
 
     public init() {}
 
     public func spawn(_ body: @escaping () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            // SAFETY: arg is the retained Box passed below; this thread takes ownership.
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        threads.append(thread)
+        threads.append(startThread(body))
     }
 
     public func joinAll() {
@@ -61,4 +42,22 @@ public final class ThreadGroup {
     }
 
     deinit { joinAll() }
+}
+
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// pthread_create running `body`; the new thread owns the closure.
+private func startThread(_ body: @escaping () -> Void) -> pthread_t {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { arg in
+        // SAFETY: arg is the retained ThreadBody passed below; this thread takes ownership.
+        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().run()
+        return nil
+    }, box)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    return thread
 }

@@ -5,43 +5,28 @@ import XenBlockProtocol
 import XenPlatform
 import XenSim
 import XenStore
+import XenBlockTestbed
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One disk served end to end in this process: the software hypervisor, its
-/// xenstored on a private socket, a guest, the block backend on `path` and
-/// the Swift frontend connected to it. Used by `bench blk` and `front blk`.
+/// One disk served end to end in this process (a `SimBlockHost` with the
+/// backend on `path` and the Swift frontend connected to it). Used by
+/// `bench blk` and `front blk`.
 final class BlockRig: @unchecked Sendable {
-    let hypervisor = SimHypervisor()
-    let guest: SimDomain
-    let server: XenStoreServer
-    let socketPath: String
-    let backendStore: XenStoreClient
-    let frontendStore: XenStoreClient
+    let host: SimBlockHost
     let device: BlockBackendDevice<SimPlatform>
     let backendTask: Task<Void, Error>
     let frontend: BlockFrontend<BlockRingX86_64>
 
     init(path: String, readOnly: Bool = false, configuration: BlockBackendConfiguration,
          options: BlockFrontendOptions, logger: Logger) async throws {
-        try hypervisor.createDomain(.dom0, pages: 1)
         let frames = options.framesNeeded
-        guest = try hypervisor.createDomain(DomainID(1), pages: frames, grantEntries: UInt32(frames + 64))
-        socketPath = "/tmp/xenback-rig-\(getpid()).sock"
-        server = XenStoreServer(socketPath: socketPath, logger: logger)
-        try await server.start()
-        backendStore = try await XenStoreClient.connect(socketPath: socketPath)
-        frontendStore = try await XenStoreClient.connect(socketPath: socketPath)
-        let disk = try await ToolstackDisk.create(xenstore: backendStore, frontend: guest.id, target: path, readOnly: readOnly)
-        let device = BlockBackendDevice(platform: hypervisor.platform(for: .dom0), xenstore: backendStore,
-                                        backendPath: disk.backendPath, configuration: configuration, logger: logger)
-        self.device = device
-        backendTask = Task { try await device.run() }
+        host = try await SimBlockHost(guestID: DomainID(1), guestPages: frames, grantEntries: UInt32(frames + 64), logger: logger)
+        let disk = try await host.attachDisk(target: path, readOnly: readOnly)
+        (device, backendTask) = host.startBackend(disk, configuration: configuration)
         do {
-            frontend = try await BlockFrontend<BlockRingX86_64>.connect(
-                domain: guest, xenstore: frontendStore, frontendPath: disk.frontendPath,
-                frames: 0..<UInt32(frames), options: options)
+            frontend = try await host.connect(disk, BlockRingX86_64.self, options: options)
         } catch {
             backendTask.cancel()
             // The backend's own error (bad path, bad mode) says more than a timeout.
@@ -54,10 +39,7 @@ final class BlockRig: @unchecked Sendable {
         _ = try? await frontend.close()
         backendTask.cancel()
         _ = await backendTask.result
-        await backendStore.close()
-        await frontendStore.close()
-        try? await server.stop()
-        unlink(socketPath)
+        await host.shutdown()
     }
 }
 

@@ -11,50 +11,14 @@ import XenRing
 import XenSim
 import XenStore
 import XenProtocolTesting
+import XenBlockTestbed
 
-/// A simulated host: the software hypervisor with dom0 and one guest, the
-/// embedded xenstored on a private socket, a xenstore connection for each side.
-final class SimHost: @unchecked Sendable {
-    let hv = SimHypervisor()
-    let guest: SimDomain
-    let server: XenStoreServer
-    let socketPath: String
-    let backendStore: XenStoreClient
-    let frontendStore: XenStoreClient
+/// The tests' simulated host (hypervisor, xenstored, both sides' xenstore).
+typealias SimHost = SimBlockHost
 
-    init(guestPages: Int, grantEntries: UInt32) async throws {
-        try hv.createDomain(.dom0, pages: 1)
-        guest = try hv.createDomain(DomainID(5), pages: guestPages, grantEntries: grantEntries)
-        socketPath = "/tmp/xenback-test-xs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        server = XenStoreServer(socketPath: socketPath)
-        try await server.start()
-        backendStore = try await XenStoreClient.connect(socketPath: socketPath)
-        frontendStore = try await XenStoreClient.connect(socketPath: socketPath)
-    }
-
-    func shutdown() async {
-        await backendStore.close()
-        await frontendStore.close()
-        try? await server.stop()
-        unlink(socketPath)
-    }
-
-    /// Starts a backend for `disk` in a task; returns the device and the task.
-    func startBackend(_ disk: ToolstackDisk, configuration: BlockBackendConfiguration = BlockBackendConfiguration())
-        -> (BlockBackendDevice<SimPlatform>, Task<Void, Error>) {
-        var logger = Logger(label: "test.blkback")
-        logger.logLevel = .critical  // expected errors are asserted, not printed
-        let device = BlockBackendDevice(platform: hv.platform(for: .dom0), xenstore: backendStore,
-                                        backendPath: disk.backendPath, configuration: configuration, logger: logger)
-        return (device, Task { try await device.run() })
-    }
-
-    func connect<L: RingLayout>(_ disk: ToolstackDisk, _ layout: L.Type, options: BlockFrontendOptions,
-                                frames: Range<UInt32>? = nil) async throws -> BlockFrontend<L>
-    where L.Request == BlockRequest, L.Response == BlockResponse {
-        try await BlockFrontend<L>.connect(domain: guest, xenstore: frontendStore, frontendPath: disk.frontendPath,
-                                           frames: frames ?? 0..<UInt32(guest.pageCount), options: options)
-    }
+extension SimBlockHost {
+    /// The tests' name for the hypervisor.
+    var hv: SimHypervisor { hypervisor }
 }
 
 func pattern(_ count: Int, seed: Int) -> [UInt8] {
@@ -207,12 +171,7 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
     /// as the guest (permissions as libxl sets them), and its event channel
     /// kicks cross the process boundary. The backend runs here.
     @Test func frontendInAnotherProcess() async throws {
-        var exe = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
-        try #require(n > 0)
-        let testBinary = String(decoding: exe.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let xenback = String(testBinary[..<testBinary.lastIndex(of: "/")!]) + "/xenback"
-        try #require(access(xenback, X_OK) == 0, "xenback is built next to the tests (swift build --build-tests)")
+        let xenback = try #require(builtProduct("xenback"), "xenback is built next to the tests (swift build --build-tests)")
 
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let xenstore = XenStoreServer(socketPath: "/tmp/xenback-xs-\(tag).sock")

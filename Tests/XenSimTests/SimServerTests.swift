@@ -81,12 +81,7 @@ func exerciseGuestAndBackend(simSocket: String, xenstoreSocket: String) async th
 
     /// `xenback sim serve` in its own process; this process is its client.
     @Test func simServeRunsAsItsOwnProcess() async throws {
-        var exe = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
-        try #require(n > 0)
-        let testBinary = String(decoding: exe.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let xenback = String(testBinary[..<testBinary.lastIndex(of: "/")!]) + "/xenback"
-        try #require(access(xenback, X_OK) == 0, "xenback is built next to the tests (swift build --build-tests)")
+        let xenback = try #require(builtProduct("xenback"), "xenback is built next to the tests (swift build --build-tests)")
         let xsPath = socketPath("xs"), simPath = socketPath("sim")
         let child = try #require(popen("exec \(xenback) sim serve --socket \(simPath) --xenstore-socket \(xsPath) --log-level warning", "r"))
         var line = [CChar](repeating: 0, count: 256)
