@@ -474,6 +474,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             let s = table[i]
             guard let page = persistentGrants.acquire(s.grant) else {
                 for j in 0..<i { persistentGrants.release(table[j].grant) }
+                // A full table is a shortage; a bad grant is the request's own fault.
+                if persistentGrants.count == persistentGrants.capacity { statistics.add(statistics.outOfResources) }
                 return false
             }
             vectors[i] = iovec(iov_base: page + Int(s.firstSector) * 512, iov_len: (Int(s.lastSector) - Int(s.firstSector) + 1) * 512)

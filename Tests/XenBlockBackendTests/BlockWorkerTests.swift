@@ -348,6 +348,7 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
         }
         let maps = worker.statistics.snapshot.persistentGrantMaps
         #expect(maps >= 16 && maps <= 16 * 3, "the table filled and aged a little, never churned: \(maps) maps for 288 requests")
+        #expect(worker.statistics.snapshot.outOfResources > 0, "requests the full table could not take were counted (oo_req)")
         var one: UInt64 = 1
         _ = write(stop, &one, 8)
         thread.join()
