@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
         .executable(name: "xenback", targets: ["xenback"]),
+        .executable(name: "xenbackd", targets: ["xenbackd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,6 +52,18 @@ let package = Package(
         .target(name: "XenBlockTestbed", dependencies: [
             "XenBlockBackend", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenRing", "XenBlockProtocol",
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The daemon's logic (device discovery, lifecycle), testable in-process.
+        .target(name: "XenBackendDaemon", dependencies: [
+            "XenBlockBackend", "XenPlatform", "XenStore",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "xenbackd", dependencies: [
+            "XenBackendDaemon", "XenBlockBackend", "XenHost", "XenSim", "XenStore", "XenPlatform",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // libaio and liburing (libaio-dev, liburing-dev) behind a small C API.
         .target(name: "CXenAIO", cSettings: [.define("_GNU_SOURCE")],
@@ -101,6 +114,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
+        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

@@ -194,7 +194,10 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             }
         } catch {
             await disconnect()
-            if machine.state != .closed {
+            // Tell the frontend we are gone, unless the toolstack already
+            // removed the directory (writing would bring it back).
+            let stillThere = (try? await xenstore.readIfPresent(backendPath + "/frontend")) != nil
+            if machine.state != .closed && stillThere {
                 try? await xenstore.write(backendPath + "/state", "\(XenbusState.closing.rawValue)")
                 try? await xenstore.write(backendPath + "/state", "\(XenbusState.closed.rawValue)")
             }

@@ -1,0 +1,115 @@
+import Logging
+import ServiceLifecycle
+import Synchronization
+import XenBlockBackend
+import XenPlatform
+import XenStore
+
+/// The dom0 (or driver-domain) service: watches this domain's
+/// `backend/vbd` tree as the toolstack lays it out and runs a
+/// `BlockBackendDevice` for every device directory, the job `xl devd` does.
+/// Devices come and go with their directories; on graceful shutdown
+/// (SIGTERM) every device drains its rings and goes Closing → Closed.
+public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sendable {
+    let platform: Platform
+    let xenstore: XenStoreClient
+    let block: BlockBackendConfiguration
+    let logger: Logger
+    public let backendRoot: String
+
+    /// A device directory we serve, by "domid/devid".
+    struct Served {
+        var device: BlockBackendDevice<Platform>
+        var task: Task<Void, Never>
+        var finished = false
+    }
+    private let served = Mutex<[String: Served]>([:])
+
+    public init(platform: Platform, xenstore: XenStoreClient, block: BlockBackendConfiguration = BlockBackendConfiguration(),
+                logger: Logger) {
+        self.platform = platform
+        self.xenstore = xenstore
+        self.block = block
+        self.logger = logger
+        backendRoot = "/local/domain/\(platform.backendDomain.rawValue)/backend/vbd"
+    }
+
+    /// The block devices being served, by "domid/devid".
+    public var blockDevices: [String: BlockBackendDevice<Platform>] {
+        served.withLock { $0.filter { !$0.value.finished }.mapValues(\.device) }
+    }
+
+    public func run() async throws {
+        let watch = try await xenstore.watch(backendRoot)
+        logger.info("serving \(backendRoot)")
+        await withGracefulShutdownHandler {
+            // Watch events coalesce: each one means "look again".
+            for await _ in watch.events {
+                if Task.isCancelled { break }
+                do { try await reconcile() } catch {
+                    logger.error("cannot read \(backendRoot): \(error)")
+                }
+            }
+        } onGracefulShutdown: {
+            Task { try? await self.xenstore.unwatch(self.backendRoot, token: watch.token) }
+        }
+        try? await xenstore.unwatch(backendRoot, token: watch.token)
+        await stopAll()
+        logger.info("stopped")
+    }
+
+    /// Starts a device for every directory without one; stops devices whose
+    /// directory is gone.
+    func reconcile() async throws {
+        var present: Set<String> = []
+        for domain in (try? await xenstore.directory(backendRoot)) ?? [] {
+            for devid in (try? await xenstore.directory(backendRoot + "/" + domain)) ?? [] {
+                // A directory the toolstack is still filling has no frontend key yet.
+                if try await xenstore.readIfPresent("\(backendRoot)/\(domain)/\(devid)/frontend") != nil {
+                    present.insert("\(domain)/\(devid)")
+                }
+            }
+        }
+        let (toStart, toStop) = served.withLock { s -> ([String], [Task<Void, Never>]) in
+            let start = present.filter { s[$0] == nil }.sorted()
+            let gone = s.filter { !present.contains($0.key) }
+            for key in gone.keys { s[key] = nil }
+            return (start, gone.values.map(\.task))
+        }
+        for task in toStop { task.cancel() }
+        for key in toStart { start(key) }
+    }
+
+    private func start(_ key: String) {
+        var deviceLogger = logger
+        let parts = key.split(separator: "/")
+        deviceLogger[metadataKey: "domid"] = .string(String(parts[0]))
+        deviceLogger[metadataKey: "devid"] = .string(String(parts[1]))
+        let device = BlockBackendDevice(platform: platform, xenstore: xenstore, backendPath: backendRoot + "/" + key,
+                                        configuration: block, logger: deviceLogger)
+        let task = Task { [logger = deviceLogger] in
+            do {
+                try await device.run()
+                logger.info("device finished")
+            } catch {
+                // Already reported in hotplug-error / error by the device.
+                logger.warning("device stopped: \(error)")
+            }
+            // Stays in the table until its directory goes, so a broken
+            // device is not restarted in a loop.
+            self.served.withLock { $0[key]?.finished = true }
+        }
+        served.withLock { $0[key] = Served(device: device, task: task) }
+        logger.info("device added", metadata: ["domid": "\(parts[0])", "devid": "\(parts[1])"])
+    }
+
+    /// Cancels every device (each drains and closes) and waits for them.
+    func stopAll() async {
+        let tasks = served.withLock { s -> [Task<Void, Never>] in
+            defer { s = [:] }
+            return s.values.map(\.task)
+        }
+        for t in tasks { t.cancel() }
+        for t in tasks { await t.value }
+    }
+}

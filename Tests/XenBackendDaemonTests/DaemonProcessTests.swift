@@ -1,0 +1,111 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+import XenBlockFrontend
+import XenPlatform
+import XenProtocolTesting
+import XenSim
+import XenStore
+
+/// A child process with its standard output readable.
+final class Child {
+    let pid: pid_t
+    let output: UnsafeMutablePointer<FILE>
+
+    init(_ arguments: [String]) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw POSIXFailure(what: "pipe") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        posix_spawn_file_actions_destroy(&actions)
+        close(fds[1])
+        guard rc == 0 else { close(fds[0]); throw POSIXFailure(what: "posix_spawn \(arguments[0])") }
+        self.pid = pid
+        output = fdopen(fds[0], "r")
+    }
+
+    /// The next line the child prints (nil at end of output).
+    func line() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard fgets(&buffer, Int32(buffer.count), output) != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    func signal(_ s: Int32) { kill(pid, s) }
+
+    /// Waits for exit; the exit status, or 128 + signal.
+    func wait() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        fclose(output)
+        return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
+
+struct POSIXFailure: Error { var what: String }
+
+@Suite struct DaemonProcessTests {
+    /// Three processes, as on a host: the sim (hypervisor + xenstored),
+    /// xenbackd serving backend/vbd, and a guest whose blkfront is
+    /// `xenback front blk`. The test is the toolstack.
+    @Test func xenbackdServesADiskTheToolstackAttaches() async throws {
+        let xenback = try #require(builtProduct("xenback"))
+        let xenbackd = try #require(builtProduct("xenbackd"))
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let simSocket = "/tmp/xenback-sim-\(tag).sock", xsSocket = "/tmp/xenback-xs-\(tag).sock"
+        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
+        defer { sim.signal(SIGTERM); _ = sim.wait() }
+        #expect(sim.line()?.hasPrefix("ready") == true)
+        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "warning"])
+        #expect(daemon.line()?.hasPrefix("ready") == true)
+
+        // The toolstack: a guest domain and a disk for it.
+        let toolstack = try SimClient(socketPath: simSocket)
+        _ = try toolstack.createDomain(DomainID(7), pages: 4096, grantEntries: 4096)
+        let dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
+        let file = TempFile(megabytes: 32)
+        let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(7), target: file.path)
+        _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing the disk") { $0 == .initWait }
+
+        let (status, output) = runShell("\(xenback) front blk --sim \(simSocket) --domain 7 --queues 2 --verify-mb 8 --seconds 1 --iodepth 8 2>&1")
+        #expect(status == 0, "the guest verified its disk through xenbackd:\n\(output)")
+        #expect(output.contains("verified: ok"))
+        #expect(file.read(0, 65536).contains { $0 != 0 }, "the guest's data is in the file")
+
+        // Detach, then stop the daemon: it exits cleanly.
+        try await disk.setOffline(xenstore: dom0)
+        _ = try await awaitXenbusState(dom0, disk.backendPath, "backend Closed") { $0 == .closed }
+        try await disk.remove(xenstore: dom0)
+        daemon.signal(SIGTERM)
+        #expect(daemon.wait() == 0, "SIGTERM: exit 0")
+        await dom0.close()
+    }
+}
+
+/// A sparse temporary file.
+final class TempFile {
+    let path: String
+    init(megabytes: Int) {
+        var template = Array("/tmp/xenback-disk-XXXXXX".utf8CString)
+        let fd = mkstemp(&template)
+        path = String(cString: template)
+        ftruncate(fd, off_t(megabytes) << 20)
+        close(fd)
+    }
+    deinit { unlink(path) }
+
+    func read(_ offset: Int, _ count: Int) -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var b = [UInt8](repeating: 0, count: count)
+        _ = pread(fd, &b, count, off_t(offset))
+        return b
+    }
+}
