@@ -53,6 +53,7 @@ let package = Package(
             "XenBlockBackend", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenRing", "XenBlockProtocol",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "XenProcess"),
         // The daemon's logic (device discovery, lifecycle), testable in-process.
         .target(name: "XenBackendDaemon", dependencies: [
             "XenBlockBackend", "XenPlatform", "XenStore",
@@ -94,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "xenback",
             dependencies: [
-                "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed",
+                "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenProcess", "CXenShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -114,7 +115,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
-        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
+        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

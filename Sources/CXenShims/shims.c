@@ -99,3 +99,6 @@ int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long lon
 }
 
 int CXenShims_O_DIRECT(void) { return O_DIRECT; }
+
+#include <sys/syscall.h>
+int CXenShims_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

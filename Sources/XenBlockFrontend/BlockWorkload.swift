@@ -167,6 +167,11 @@ public struct BlockVerifyResult: Sendable, Equatable {
     public var mismatches: Int
     public var failedRequests: Int
     public var ok: Bool { mismatches == 0 && failedRequests == 0 && blocksVerified == blocksWritten }
+
+    public init(blocksWritten: Int = 0, blocksVerified: Int = 0, mismatches: Int = 0, failedRequests: Int = 0) {
+        self.blocksWritten = blocksWritten; self.blocksVerified = blocksVerified
+        self.mismatches = mismatches; self.failedRequests = failedRequests
+    }
 }
 
 extension BlockFrontendQueue {

@@ -12,6 +12,11 @@ public struct ToolstackDisk: Sendable, Equatable {
     public let frontend: DomainID
     public let devid: Int
 
+    /// A disk whose directories exist already (found in xenstore).
+    public init(frontendPath: String, backendPath: String, frontend: DomainID, devid: Int) {
+        self.frontendPath = frontendPath; self.backendPath = backendPath; self.frontend = frontend; self.devid = devid
+    }
+
     /// xvda's device number (202 << 8): what libxl writes as `virtual-device`.
     public static let firstXenDisk = 51712
 

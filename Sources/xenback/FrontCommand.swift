@@ -54,9 +54,16 @@ struct BlockFrontCommand: AsyncParsableCommand {
     @Option(help: "Workload block size.") var bs: String = "4k"
     @Option(help: "Workload requests in flight per queue.") var iodepth: Int = 16
     @Option(help: "Workload seconds (0 skips).") var seconds: Int = 3
+    @Option(help: "Soak mode: for this many seconds (or until SIGTERM), alternate a 4 MiB verify pass and a second of random I/O, printing a progress line each second.")
+    var soak: Int?
+    @Option(help: "First guest frame this frontend may use (with --sim; several disks of one guest need disjoint frames).")
+    var firstFrame: UInt32 = 0
+    @Option(help: "Guest frames it may use (default: all from --first-frame).")
+    var frameCount: UInt32?
 
     func validate() throws {
         guard (disk == nil) != (sim == nil) else { throw ValidationError("give exactly one of --disk PATH or --sim SOCKET") }
+        if soak != nil && sim == nil { throw ValidationError("--soak runs as a sim guest: use it with --sim") }
         guard (1...64).contains(queues) else { throw ValidationError("--queues must be 1...64") }
         guard (0...4).contains(ringPageOrder) else { throw ValidationError("--ring-page-order must be 0...4") }
         guard let size = parseSize(bs), size >= 512, size % 512 == 0, size <= 1 << 20 else {
@@ -89,15 +96,60 @@ struct BlockFrontCommand: AsyncParsableCommand {
         let frontendPath = "/local/domain/\(domain)/device/vbd/\(devid)"
         func connectAndRun<L: RingLayout>(_: L.Type) async throws -> Bool where L.Request == BlockRequest, L.Response == BlockResponse {
             let front = try await BlockFrontend<L>.connect(
-                domain: guest, xenstore: xenstore, frontendPath: frontendPath, frames: 0..<UInt32(guest.pageCount),
+                domain: guest, xenstore: xenstore, frontendPath: frontendPath,
+                frames: firstFrame..<(frameCount.map { firstFrame + $0 } ?? UInt32(guest.pageCount)),
                 options: options, openEventChannels: { try client.openEventChannels(domain: DomainID(domain)) })
-            let outcome = Result { try exercise(front, blockSize: blockSize) }
+            let outcome = Result { try soak.map { try self.soak(front, seconds: $0) } ?? exercise(front, blockSize: blockSize) }
             _ = try await front.close()
             return try outcome.get()
         }
         let ok = abi == .x86_64 ? try await connectAndRun(BlockRingX86_64.self) : try await connectAndRun(BlockRingX86_32.self)
         await xenstore.close()
         if !ok { throw ExitCode.failure }
+    }
+
+    /// Verify passes (rotating through the disk) and random I/O, a progress
+    /// line a second, until `seconds` pass or SIGTERM; true if all verified.
+    func soak<L: RingLayout>(_ front: BlockFrontend<L>, seconds: Int) throws -> Bool
+    where L.Request == BlockRequest, L.Response == BlockResponse {
+        SoakSignal.install()
+        let d = front.disk
+        print("connected sectors=\(d.sectors) queues=\(front.queues.count) persistent=\(d.persistentGrants) indirect=\(d.maximumIndirectSegments)")
+        fflush(nil)
+        let clock = ContinuousClock()
+        let end = clock.now + .seconds(seconds)
+        let verifyBlocks = 64, verifyBlock = 65536
+        let regions = max(1, Int(d.sectors * 512) / (verifyBlocks * verifyBlock))
+        var totals = BlockVerifyResult(blocksWritten: 0, blocksVerified: 0, mismatches: 0, failedRequests: 0)
+        var pass = 0
+        let readOnly = d.info.contains(.readOnly)
+        while clock.now < end && !SoakSignal.stop.load(ordering: .relaxed) {
+            let started = clock.now
+            var ops = 0, bytes: UInt64 = 0, errors = 0
+            if !readOnly {
+                let queue = front.queues[pass % front.queues.count]
+                let start = UInt64((pass % regions) * verifyBlocks * verifyBlock / 512)
+                let r = try queue.verify(startSector: start, blocks: verifyBlocks, blockSize: verifyBlock, seed: UInt64(pass) &+ 1)
+                totals.blocksWritten += r.blocksWritten; totals.blocksVerified += r.blocksVerified
+                totals.mismatches += r.mismatches; totals.failedRequests += r.failedRequests
+                ops += r.blocksWritten + r.blocksVerified + 1
+                bytes += UInt64((r.blocksWritten + r.blocksVerified) * verifyBlock)
+            }
+            let pattern: BlockPattern = readOnly || pass % 2 == 0 ? .randread : .randwrite
+            let w = try front.run(BlockWorkload(pattern: pattern, blockSize: 4096, iodepth: iodepth, regionBytes: d.sectors * 512,
+                                                duration: .milliseconds(800)))
+            ops += w.operations; bytes += w.bytes; errors += w.errors
+            let elapsed = clock.now - started
+            let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            print("progress iops=\(Int(Double(ops) / secs)) mbps=\(fmt(Double(bytes) / 1e6 / secs, 1)) errors=\(errors + totals.failedRequests) verified=\(totals.blocksVerified) mismatches=\(totals.mismatches)")
+            fflush(nil)
+            pass += 1
+            if errors > 0 { totals.failedRequests += errors }
+        }
+        let ok = totals.ok
+        print("verified: \(ok ? "ok" : "FAILED") blocks=\(totals.blocksVerified) mismatches=\(totals.mismatches) failed=\(totals.failedRequests)")
+        fflush(nil)
+        return ok
     }
 
     /// Prints what was negotiated, verifies, runs the workload; true if all verified.
@@ -125,5 +177,16 @@ struct BlockFrontCommand: AsyncParsableCommand {
         }
         print(ok ? "verified: ok" : "verified: FAILED")
         return ok
+    }
+}
+
+import Synchronization
+
+/// SIGTERM/SIGINT end a soak at the next pass (then the frontend closes cleanly).
+enum SoakSignal {
+    static let stop = Atomic<Bool>(false)
+    static func install() {
+        signal(SIGTERM) { _ in SoakSignal.stop.store(true, ordering: .relaxed) }
+        signal(SIGINT) { _ in SoakSignal.stop.store(true, ordering: .relaxed) }
     }
 }

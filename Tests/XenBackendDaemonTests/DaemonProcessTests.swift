@@ -7,49 +7,9 @@ import XenPlatform
 import XenProtocolTesting
 import XenSim
 import XenStore
+import XenProcess
 
-/// A child process with its standard output readable.
-final class Child {
-    let pid: pid_t
-    let output: UnsafeMutablePointer<FILE>
-
-    init(_ arguments: [String]) throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw POSIXFailure(what: "pipe") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        var pid: pid_t = 0
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
-        posix_spawn_file_actions_destroy(&actions)
-        close(fds[1])
-        guard rc == 0 else { close(fds[0]); throw POSIXFailure(what: "posix_spawn \(arguments[0])") }
-        self.pid = pid
-        output = fdopen(fds[0], "r")
-    }
-
-    /// The next line the child prints (nil at end of output).
-    func line() -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard fgets(&buffer, Int32(buffer.count), output) != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func signal(_ s: Int32) { kill(pid, s) }
-
-    /// Waits for exit; the exit status, or 128 + signal.
-    func wait() -> Int32 {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        fclose(output)
-        return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    }
-}
-
-struct POSIXFailure: Error { var what: String }
+typealias Child = ChildProcess
 
 @Suite struct DaemonProcessTests {
     /// Three processes, as on a host: the sim (hypervisor + xenstored),
@@ -107,5 +67,18 @@ final class TempFile {
         var b = [UInt8](repeating: 0, count: count)
         _ = pread(fd, &b, count, off_t(offset))
         return b
+    }
+}
+
+@Suite struct DemoTests {
+    /// The README's main job, short: every process starts, the guest's data
+    /// verifies, everything stops cleanly, exit 0.
+    @Test func demoRunsAndVerifies() throws {
+        let xenback = try #require(builtProduct("xenback"))
+        let (status, output) = runShell("\(xenback) demo --seconds 3 < /dev/null 2>&1")
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("verified: ok") && output.contains("demo: ok"))
+        #expect(output.contains("xenbackd       exit 0"), "the daemon stopped cleanly on SIGTERM")
+        #expect(output.contains("mismatches=0 failed=0"), "no block read back differently, no request failed")
     }
 }

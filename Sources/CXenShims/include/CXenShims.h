@@ -39,6 +39,8 @@ int CXenShims_block_device_geometry(int fd, unsigned long long *bytes, int *logi
 int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long long length, int secure);
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
 int CXenShims_stream_socketpair(int fds[2]);
+/// pidfd_open(2): a descriptor that becomes readable when `pid` exits (-1, errno).
+int CXenShims_pidfd_open(int pid);
 /// O_DIRECT, which the C library only defines under _GNU_SOURCE.
 int CXenShims_O_DIRECT(void);
 #endif

@@ -1,0 +1,79 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct ChildProcessError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// A program started with posix_spawn, its standard output on a pipe we
+/// read line by line (standard error is inherited, or sent to a file).
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    private let output: UnsafeMutablePointer<FILE>
+    public var outputDescriptor: Int32 { fileno(output) }
+    private var exitStatus: Int32?
+
+    public init(_ arguments: [String], standardError: String? = nil) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ChildProcessError(description: "pipe: errno \(errno)") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        if let standardError { posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        posix_spawn_file_actions_destroy(&actions)
+        close(fds[1])
+        guard rc == 0 else {
+            close(fds[0])
+            throw ChildProcessError(description: "cannot start \(arguments[0]): \(String(cString: strerror(rc)))")
+        }
+        self.pid = pid
+        output = fdopen(fds[0], "r")
+    }
+
+    /// The next line the child prints, without its newline (nil at end of output).
+    public func line() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard fgets(&buffer, Int32(buffer.count), output) != nil else { return nil }
+        var s = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if s.hasSuffix("\n") { s.removeLast() }
+        return s
+    }
+
+    /// Whether a line can be read now (or the output ended) within `milliseconds`.
+    public func hasOutput(milliseconds: Int32) -> Bool {
+        var p = pollfd(fd: fileno(output), events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, milliseconds) > 0
+    }
+
+    public func signal(_ s: Int32) { if exitStatus == nil { kill(pid, s) } }
+
+    /// Waits for exit: the exit status, or 128 + the signal that ended it.
+    @discardableResult
+    public func wait() -> Int32 {
+        if let exitStatus { return exitStatus }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        fclose(output)
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        exitStatus = code
+        return code
+    }
+}
+
+/// The path of a program installed next to the running one (xenback finds
+/// xenbackd this way).
+public func siblingExecutable(_ name: String) -> String? {
+    var exe = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &exe, exe.count - 1)
+    guard n > 0 else { return nil }
+    let me = String(decoding: exe.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let slash = me.lastIndex(of: "/") else { return nil }
+    let path = String(me[..<slash]) + "/" + name
+    return access(path, X_OK) == 0 ? path : nil
+}

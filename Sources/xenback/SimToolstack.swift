@@ -1,0 +1,137 @@
+import XenBlockFrontend
+import XenPlatform
+import XenProcess
+import XenSim
+import XenStore
+import XenStoreProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The sim's stand-in for libxl: creates guest domains on a running
+/// `xenback sim serve`, writes their device directories as libxl does, starts
+/// each disk's frontend (`xenback front blk --soak`) as its own process, and
+/// tears it all down. Guests are found by name under /local/domain/N/name,
+/// where libxl keeps it too.
+struct SimToolstack {
+    let simSocket: String
+    let client: SimClient
+    let xenstore: XenStoreClient
+
+    /// Guest frames per disk frontend: the soak's rings and request slots.
+    static let framesPerDisk: UInt32 = 1024
+
+    static func connect(simSocket: String) async throws -> SimToolstack {
+        let client = try SimClient(socketPath: simSocket)
+        return SimToolstack(simSocket: simSocket, client: client, xenstore: try await client.xenstore(as: .dom0))
+    }
+
+    struct Disk: Sendable {
+        var path: String
+        var readOnly: Bool
+
+        /// `PATH` or `PATH,ro` (`,rw` too), as --disk takes it.
+        init(parsing text: String) throws(ToolstackError) {
+            let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard let first = parts.first, !first.isEmpty else { throw .badArgument("--disk needs a path: \(text)") }
+            path = first
+            readOnly = false
+            for option in parts.dropFirst() {
+                switch option {
+                case "ro", "r": readOnly = true
+                case "rw", "w": readOnly = false
+                default: throw .badArgument("--disk option \"\(option)\" is not ro or rw (in \(text))")
+                }
+            }
+            guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
+                throw .badArgument("--disk \(path) is not a \(readOnly ? "readable" : "readable and writable") file or device")
+            }
+        }
+    }
+
+    struct Guest: Sendable {
+        var name: String
+        var domain: DomainID
+        var disks: [ToolstackDisk]
+    }
+
+    enum ToolstackError: Error, CustomStringConvertible {
+        case badArgument(String)
+        case noSuchGuest(String)
+        case nameTaken(String)
+
+        var description: String {
+            switch self {
+            case .badArgument(let why): why
+            case .noSuchGuest(let name): "no guest named \(name)"
+            case .nameTaken(let name): "a guest named \(name) exists already"
+            }
+        }
+    }
+
+    func domains() async throws -> [UInt16] {
+        try await xenstore.directory("/local/domain").compactMap { UInt16($0) }
+    }
+
+    func find(_ name: String) async throws -> DomainID? {
+        for d in try await domains() where d != 0 {
+            if try await xenstore.readIfPresent("/local/domain/\(d)/name") == name { return DomainID(d) }
+        }
+        return nil
+    }
+
+    /// Creates the domain and its disks' directories (frontend processes are started separately).
+    func create(name: String, disks: [Disk]) async throws -> Guest {
+        guard try await find(name) == nil else { throw ToolstackError.nameTaken(name) }
+        let taken = Set(try await domains())
+        let id = DomainID((1...UInt16.max - 1).first { !taken.contains($0) }!)
+        let pages = Int(Self.framesPerDisk) * max(1, disks.count)
+        _ = try client.createDomain(id, pages: pages, grantEntries: UInt32(pages + 64))
+        try await xenstore.write("/local/domain/\(id.rawValue)/name", name)
+        try await xenstore.write("/local/domain/\(id.rawValue)/domid", "\(id.rawValue)")
+        var made: [ToolstackDisk] = []
+        for (i, disk) in disks.enumerated() {
+            made.append(try await ToolstackDisk.create(xenstore: xenstore, frontend: id, devid: ToolstackDisk.firstXenDisk + 16 * i,
+                                                       target: disk.path, readOnly: disk.readOnly))
+        }
+        return Guest(name: name, domain: id, disks: made)
+    }
+
+    /// `xenback front blk --soak` for disk `index` of `guest`, in its own process.
+    func startFrontend(_ guest: Guest, disk index: Int, seconds: Int, logFile: String? = nil) throws -> ChildProcess {
+        guard let xenback = siblingExecutable("xenback") else { throw ToolstackError.badArgument("cannot find the xenback executable") }
+        return try ChildProcess([
+            xenback, "front", "blk", "--sim", simSocket, "--domain", "\(guest.domain.rawValue)",
+            "--devid", "\(guest.disks[index].devid)", "--queues", "2", "--iodepth", "16", "--soak", "\(seconds)",
+            "--first-frame", "\(UInt32(index) * Self.framesPerDisk)", "--frame-count", "\(Self.framesPerDisk)",
+        ], standardError: logFile)
+    }
+
+    /// Detaches every disk (online = 0, wait for the backend to close),
+    /// removes the directories and destroys the domain.
+    func destroy(_ guest: Guest) async throws {
+        for disk in guest.disks {
+            try await disk.setOffline(xenstore: xenstore)
+            let state = try await xenstore.readIfPresent(disk.backendPath + "/state")
+            if state != nil && state != "\(XenbusState.closed.rawValue)" {
+                _ = try? await awaitXenbusState(xenstore, disk.backendPath, timeout: .seconds(10), "backend Closed") {
+                    $0 == .closed || $0 == .unknown
+                }
+            }
+            try await disk.remove(xenstore: xenstore)
+        }
+        try await xenstore.rm("/local/domain/\(guest.domain.rawValue)")
+        try client.destroyDomain(guest.domain)
+    }
+
+    /// The guest named `name`, with its disks as found in xenstore.
+    func guest(named name: String) async throws -> Guest {
+        guard let id = try await find(name) else { throw ToolstackError.noSuchGuest(name) }
+        let devids = (try? await xenstore.directory("/local/domain/\(id.rawValue)/device/vbd")) ?? []
+        let disks = devids.compactMap(Int.init).sorted().map { devid in
+            ToolstackDisk(frontendPath: "/local/domain/\(id.rawValue)/device/vbd/\(devid)",
+                          backendPath: "/local/domain/0/backend/vbd/\(id.rawValue)/\(devid)", frontend: id, devid: devid)
+        }
+        return Guest(name: name, domain: id, disks: disks)
+    }
+}
