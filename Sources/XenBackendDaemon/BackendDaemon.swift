@@ -43,9 +43,13 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         let watch = try await xenstore.watch(backendRoot)
         logger.info("serving \(backendRoot)")
         await withGracefulShutdownHandler {
-            // Watch events coalesce: each one means "look again".
-            for await _ in watch.events {
+            // The watch covers the whole subtree, so every key a device
+            // writes fires it: only paths that can add or remove a device
+            // (a domain or device directory, a `frontend` key) make us look
+            // again, else 64 devices connecting would cost 64² reads.
+            for await event in watch.events {
                 if Task.isCancelled { break }
+                guard Self.mayChangeDevices(event.path, root: backendRoot) else { continue }
                 do { try await reconcile() } catch {
                     logger.error("cannot read \(backendRoot): \(error)")
                 }
@@ -56,6 +60,12 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         try? await xenstore.unwatch(backendRoot, token: watch.token)
         await stopAll()
         logger.info("stopped")
+    }
+
+    static func mayChangeDevices(_ path: String, root: String) -> Bool {
+        guard path.hasPrefix(root) else { return true }  // the initial event, or root itself
+        let below = path.dropFirst(root.count).split(separator: "/")
+        return below.count <= 2 || (below.count == 3 && below[2] == "frontend")
     }
 
     /// Starts a device for every directory without one; stops devices whose

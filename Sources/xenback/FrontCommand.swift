@@ -56,6 +56,8 @@ struct BlockFrontCommand: AsyncParsableCommand {
     @Option(help: "Workload seconds (0 skips).") var seconds: Int = 3
     @Option(help: "Soak mode: for this many seconds (or until SIGTERM), alternate a 4 MiB verify pass and a second of random I/O, printing a progress line each second.")
     var soak: Int?
+    @Flag(help: "With --soak: stay connected but idle (no I/O) for that long or until SIGTERM.")
+    var idle = false
     @Option(help: "First guest frame this frontend may use (with --sim; several disks of one guest need disjoint frames).")
     var firstFrame: UInt32 = 0
     @Option(help: "Guest frames it may use (default: all from --first-frame).")
@@ -112,8 +114,15 @@ struct BlockFrontCommand: AsyncParsableCommand {
     /// line a second, until `seconds` pass or SIGTERM; true if all verified.
     func soak<L: RingLayout>(_ front: BlockFrontend<L>, seconds: Int) throws -> Bool
     where L.Request == BlockRequest, L.Response == BlockResponse {
-        SoakSignal.install()
         let d = front.disk
+        if idle {
+            print("connected sectors=\(d.sectors) queues=\(front.queues.count) idle")
+            fflush(nil)
+            SoakSignal.waitForTermination(seconds: seconds)
+            print("verified: ok idle")
+            return true
+        }
+        SoakSignal.install()
         print("connected sectors=\(d.sectors) queues=\(front.queues.count) persistent=\(d.persistentGrants) indirect=\(d.maximumIndirectSegments)")
         fflush(nil)
         let clock = ContinuousClock()
@@ -182,11 +191,39 @@ struct BlockFrontCommand: AsyncParsableCommand {
 
 import Synchronization
 
-/// SIGTERM/SIGINT end a soak at the next pass (then the frontend closes cleanly).
+/// SIGTERM/SIGINT end a soak at the next pass (then the frontend closes
+/// cleanly); the handler also writes to a pipe so a waiter can sleep on it.
 enum SoakSignal {
     static let stop = Atomic<Bool>(false)
+    // Plain integers: the handler must not touch anything that could allocate or lock.
+    nonisolated(unsafe) static var readFD: Int32 = -1
+    nonisolated(unsafe) static var writeFD: Int32 = -1
+
     static func install() {
-        signal(SIGTERM) { _ in SoakSignal.stop.store(true, ordering: .relaxed) }
-        signal(SIGINT) { _ in SoakSignal.stop.store(true, ordering: .relaxed) }
+        if readFD < 0 {
+            var fds: [Int32] = [-1, -1]
+            pipe(&fds)
+            readFD = fds[0]; writeFD = fds[1]
+        }
+        let handler: @convention(c) (Int32) -> Void = { _ in
+            SoakSignal.stop.store(true, ordering: .relaxed)
+            var byte: UInt8 = 1
+            _ = write(SoakSignal.writeFD, &byte, 1)  // async-signal-safe
+        }
+        signal(SIGTERM, handler)
+        signal(SIGINT, handler)
+    }
+
+    /// Sleeps (no polling loop) until SIGTERM/SIGINT or `seconds` pass.
+    static func waitForTermination(seconds: Int) {
+        install()
+        var p = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while !stop.load(ordering: .relaxed) {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return }
+            let ms = Int32(clamping: left.components.seconds * 1000 + 1)
+            if poll(&p, 1, ms) < 0 && errno != EINTR { return }
+        }
     }
 }
