@@ -21,12 +21,20 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     struct Served {
         var device: BlockBackendDevice<Platform>
         var task: Task<Void, Never>
+        var metrics: BlockDeviceMetrics
         var finished = false
     }
     private let served = Mutex<[String: Served]>([:])
 
+    /// How often device counters reach swift-metrics.
+    public let metricsInterval: Duration
+    /// Runs after each metrics update (xenbackd writes its textfile there).
+    let onMetricsUpdated: (@Sendable () -> Void)?
+
     public init(platform: Platform, xenstore: XenStoreClient, block: BlockBackendConfiguration = BlockBackendConfiguration(),
-                logger: Logger) {
+                metricsInterval: Duration = .seconds(1), onMetricsUpdated: (@Sendable () -> Void)? = nil, logger: Logger) {
+        self.metricsInterval = metricsInterval
+        self.onMetricsUpdated = onMetricsUpdated
         self.platform = platform
         self.xenstore = xenstore
         self.block = block
@@ -39,7 +47,23 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         served.withLock { $0.filter { !$0.value.finished }.mapValues(\.device) }
     }
 
+    /// Brings every device's metrics up to date (the daemon calls it each
+    /// `metricsInterval`; tests may call it directly).
+    public func updateMetrics() {
+        served.withLock { s in
+            for (_, d) in s { d.metrics.update(d.device.statistics, connected: d.device.negotiation != nil) }
+        }
+    }
+
     public func run() async throws {
+        let metricsTask = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: metricsInterval)  // a period, not synchronisation
+                updateMetrics()
+                onMetricsUpdated?()
+            }
+        }
+        defer { metricsTask.cancel() }
         let watch = try await xenstore.watch(backendRoot)
         logger.info("serving \(backendRoot)")
         await withGracefulShutdownHandler {
@@ -83,7 +107,10 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         let (toStart, toStop) = served.withLock { s -> ([String], [Task<Void, Never>]) in
             let start = present.filter { s[$0] == nil }.sorted()
             let gone = s.filter { !present.contains($0.key) }
-            for key in gone.keys { s[key] = nil }
+            for (key, gone) in gone {
+                gone.metrics.destroy()
+                s[key] = nil
+            }
             return (start, gone.values.map(\.task))
         }
         for task in toStop { task.cancel() }
@@ -109,7 +136,8 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             // device is not restarted in a loop.
             self.served.withLock { $0[key]?.finished = true }
         }
-        served.withLock { $0[key] = Served(device: device, task: task) }
+        let metrics = BlockDeviceMetrics(domid: String(parts[0]), devid: String(parts[1]))
+        served.withLock { $0[key] = Served(device: device, task: task, metrics: metrics) }
         logger.info("device added", metadata: ["domid": "\(parts[0])", "devid": "\(parts[1])"])
     }
 

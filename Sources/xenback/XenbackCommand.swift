@@ -5,5 +5,5 @@ struct XenbackCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenback",
         abstract: "Xen PV block and network backends: tools, benchmarks, frontends.",
-        subcommands: [DemoCommand.self, BenchCommand.self, FrontCommand.self, GuestCommand.self, XenStoredCommand.self, SimCommand.self])
+        subcommands: [DemoCommand.self, StatusCommand.self, BenchCommand.self, FrontCommand.self, GuestCommand.self, XenStoredCommand.self, SimCommand.self])
 }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import CoreMetrics
+import Prometheus
 import Logging
 import ServiceLifecycle
 import XenBackendDaemon
@@ -52,6 +54,9 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Write Prometheus metrics (per-device requests, bytes, errors) to this file every second, replacing it atomically (node_exporter's textfile collector reads it).")
+    var metricsFile: String?
+
     var blockConfiguration: BlockBackendConfiguration {
         BlockBackendConfiguration(engine: engine, maximumQueues: maxQueues, maximumRingPageOrder: maxRingPageOrder,
                                   maximumPersistentGrants: persistentGrants)
@@ -71,18 +76,37 @@ struct XenbackdCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "xenbackd")
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var exporter: (@Sendable () -> Void)?
+        if let path = metricsFile {
+            exporter = { @Sendable in Self.writeMetrics(registry, to: path) }
+        }
         let backend = DomainID(domain)
         switch platform.resolved() {
         case .sim, .auto:
             let client = try SimClient(socketPath: simSocket!)
             let xenstore = try await client.xenstore(as: backend)
             try await serve(BackendDaemon(platform: client.platform(backend: backend), xenstore: xenstore,
-                                          block: blockConfiguration, logger: logger), logger: logger)
+                                          block: blockConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
         case .host:
             let xenstore = try await XenStoreClient.connectToSystem()
             try await serve(BackendDaemon(platform: try HostPlatform(backendDomain: backend), xenstore: xenstore,
-                                          block: blockConfiguration, logger: logger), logger: logger)
+                                          block: blockConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
         }
+    }
+
+    /// The registry in Prometheus' text format, written to a temporary file
+    /// and renamed over `path`, so readers never see half a file.
+    static func writeMetrics(_ registry: PrometheusCollectorRegistry, to path: String) {
+        var bytes: [UInt8] = []
+        registry.emit(into: &bytes)
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        if written == bytes.count { rename(temporary, path) } else { unlink(temporary) }
     }
 
     func serve<P: XenPlatform>(_ daemon: BackendDaemon<P>, logger: Logger) async throws {

@@ -23,7 +23,12 @@ typealias Child = ChildProcess
         let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
         defer { sim.signal(SIGTERM); _ = sim.wait() }
         #expect(sim.line()?.hasPrefix("ready") == true)
-        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "warning"])
+        let metricsDir = "/tmp/xenback-metrics-\(tag)"
+        mkdir(metricsDir, 0o755)
+        defer { _ = runShell("rm -rf \(metricsDir)") }
+        let metricsFile = metricsDir + "/xenbackd.prom"
+        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "warning",
+                                "--metrics-file", metricsFile])
         #expect(daemon.line()?.hasPrefix("ready") == true)
 
         // The toolstack: a guest domain and a disk for it.
@@ -38,6 +43,20 @@ typealias Child = ChildProcess
         #expect(status == 0, "the guest verified its disk through xenbackd:\n\(output)")
         #expect(output.contains("verified: ok"))
         #expect(file.read(0, 65536).contains { $0 != 0 }, "the guest's data is in the file")
+
+        // The counters reach the metrics file within two updates (waited for
+        // with inotify, not by sleeping), and `xenback status` shows them.
+        let notify = inotify_init1(Int32(IN_CLOEXEC))
+        _ = inotify_add_watch(notify, metricsDir, UInt32(IN_MOVED_TO))
+        var events = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<2 { _ = read(notify, &events, events.count) }
+        close(notify)
+        let metrics = String(decoding: contents(of: metricsFile), as: UTF8.self)
+        #expect(metrics.contains("xenback_block_requests_total{domid=\"7\",devid=\"51712\",op=\"write\"} 128"), "\(metrics)")
+        let (statusCode, statusTable) = runShell("\(xenback) status --sim \(simSocket) --metrics-file \(metricsFile) 2>&1")
+        #expect(statusCode == 0)
+        let row = statusTable.split(separator: "\n").first { $0.hasPrefix("dom7/51712") }.map(String.init) ?? ""
+        #expect(row.contains("Closed") && row.contains(" 2 ") && row.contains("x86_64-abi") && row.contains("128"), "\(statusTable)")
 
         // Detach, then stop the daemon: it exits cleanly.
         try await disk.setOffline(xenstore: dom0)
@@ -68,6 +87,19 @@ final class TempFile {
         _ = pread(fd, &b, count, off_t(offset))
         return b
     }
+}
+
+func contents(of path: String) -> [UInt8] {
+    let fd = open(path, O_RDONLY)
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        out += buffer[0..<n]
+    }
+    return out
 }
 
 @Suite struct DemoTests {

@@ -182,12 +182,16 @@ import XenStore
         try await disk.setOffline(xenstore: host.backendStore)
         let state = try await awaitXenbusState(host.frontendStore, disk.backendPath, "backend Closing") { $0 == .closing }
         #expect(state == .closing)
-        let requestsAtClosing = device.statistics.writeRequests
         worker.join()
         let outcome = try #require(result.withLock { $0 })
         let done = try outcome.get()
         #expect(done.errors == 0, "I/O in flight at detach completed normally")
-        #expect(device.statistics.writeRequests > requestsAtClosing, "the backend kept serving until the frontend closed")
+        // Closing asks the frontend to close; until it does, I/O is served.
+        let before = device.statistics.writeRequests
+        let more = try front.queues[0].run(BlockWorkload(pattern: .randwrite, blockSize: 8192, iodepth: 16,
+                                                         regionBytes: 8 << 20, operations: 200))
+        #expect(more.errors == 0 && more.operations == 200)
+        #expect(device.statistics.writeRequests == before + 200, "the backend kept serving until the frontend closed")
         #expect(try await front.close(), "every grant released after the drain")
         try await task.value  // the device is removed
         await host.shutdown()
