@@ -13,7 +13,7 @@ import XenStore
 public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sendable {
     let platform: Platform
     let xenstore: XenStoreClient
-    let block: BlockBackendConfiguration
+    private let block: Mutex<BlockBackendConfiguration>
     let logger: Logger
     public let backendRoot: String
 
@@ -30,6 +30,8 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     public let metricsInterval: Duration
     /// Runs after each metrics update (xenbackd writes its textfile there).
     let onMetricsUpdated: (@Sendable () -> Void)?
+    /// Runs once the daemon watches its tree (xenbackd prints "ready" there).
+    public var onReady: (@Sendable () -> Void)?
 
     public init(platform: Platform, xenstore: XenStoreClient, block: BlockBackendConfiguration = BlockBackendConfiguration(),
                 metricsInterval: Duration = .seconds(1), onMetricsUpdated: (@Sendable () -> Void)? = nil, logger: Logger) {
@@ -37,10 +39,20 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         self.onMetricsUpdated = onMetricsUpdated
         self.platform = platform
         self.xenstore = xenstore
-        self.block = block
+        self.block = Mutex(block)
         self.logger = logger
         backendRoot = "/local/domain/\(platform.backendDomain.rawValue)/backend/vbd"
     }
+
+    /// New settings for devices added from now on (SIGHUP); devices already
+    /// connected keep what they negotiated.
+    public func reconfigure(block configuration: BlockBackendConfiguration) {
+        block.withLock { $0 = configuration }
+        logger.info("configuration reloaded", metadata: ["engine": "\(configuration.engine)", "max-queues": "\(configuration.maximumQueues)",
+                                                         "persistent-grants": "\(configuration.maximumPersistentGrants)"])
+    }
+
+    public var blockConfiguration: BlockBackendConfiguration { block.withLock { $0 } }
 
     /// The block devices being served, by "domid/devid".
     public var blockDevices: [String: BlockBackendDevice<Platform>] {
@@ -66,6 +78,7 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         defer { metricsTask.cancel() }
         let watch = try await xenstore.watch(backendRoot)
         logger.info("serving \(backendRoot)")
+        onReady?()
         await withGracefulShutdownHandler {
             // The watch covers the whole subtree, so every key a device
             // writes fires it: only paths that can add or remove a device
@@ -123,7 +136,7 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         deviceLogger[metadataKey: "domid"] = .string(String(parts[0]))
         deviceLogger[metadataKey: "devid"] = .string(String(parts[1]))
         let device = BlockBackendDevice(platform: platform, xenstore: xenstore, backendPath: backendRoot + "/" + key,
-                                        configuration: block, logger: deviceLogger)
+                                        configuration: block.withLock { $0 }, logger: deviceLogger)
         let task = Task { [logger = deviceLogger] in
             do {
                 try await device.run()

@@ -3,6 +3,7 @@ import CoreMetrics
 import Prometheus
 import Logging
 import ServiceLifecycle
+import UnixSignals
 import XenBackendDaemon
 import XenBlockBackend
 import XenHost
@@ -39,42 +40,64 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "The backend domain this daemon runs in.")
     var domain: UInt16 = 0
 
-    @Option(help: "Block I/O engine: libaio, io_uring or sync.")
-    var engine: BlockEngineKind = .default
+    @Option(help: "Configuration file (JSON; see the README). Default: /etc/xenback/xenbackd.json if it exists. SIGHUP re-reads it.")
+    var config: String?
+
+    @Option(help: "Block I/O engine: libaio, io_uring or sync (default libaio).")
+    var engine: BlockEngineKind?
 
     @Option(help: "multi-queue-max-queues to offer (default: online CPUs).")
-    var maxQueues: Int = BlockBackendConfiguration.onlineCPUs
+    var maxQueues: Int?
 
-    @Option(help: "max-ring-page-order to offer (0...4).")
-    var maxRingPageOrder: Int = 4
+    @Option(help: "max-ring-page-order to offer (0...4, default 4).")
+    var maxRingPageOrder: Int?
 
-    @Option(help: "Persistent grants kept mapped per ring (0 turns the feature off).")
-    var persistentGrants: Int = 4096
+    @Option(help: "Persistent grants kept mapped per ring (0 turns the feature off; default 4096).")
+    var persistentGrants: Int?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: Logger.Level?
 
     @Option(help: "Write Prometheus metrics (per-device requests, bytes, errors) to this file every second, replacing it atomically (node_exporter's textfile collector reads it).")
     var metricsFile: String?
 
-    var blockConfiguration: BlockBackendConfiguration {
-        BlockBackendConfiguration(engine: engine, maximumQueues: maxQueues, maximumRingPageOrder: maxRingPageOrder,
-                                  maximumPersistentGrants: persistentGrants)
+    static let defaultConfigPath = "/etc/xenback/xenbackd.json"
+
+    /// The file's settings, or none if no file is given and the default is absent.
+    func loadFile() throws(ConfigurationError) -> DaemonConfiguration {
+        if let config { return try DaemonConfiguration.load(path: config) }
+        if access(Self.defaultConfigPath, F_OK) == 0 { return try DaemonConfiguration.load(path: Self.defaultConfigPath) }
+        return DaemonConfiguration()
+    }
+
+    /// Built-in defaults, then the file, then the flags.
+    func blockConfiguration(_ file: DaemonConfiguration) throws(ConfigurationError) -> BlockBackendConfiguration {
+        var c = try file.blockConfiguration(source: config ?? Self.defaultConfigPath)
+        if let engine { c.engine = engine }
+        if let maxQueues { c.maximumQueues = maxQueues }
+        if let maxRingPageOrder { c.maximumRingPageOrder = maxRingPageOrder }
+        if let persistentGrants { c.maximumPersistentGrants = persistentGrants }
+        do { try c.validate() } catch { throw .badValue(source: "command line", key: "block", reason: "\(error)") }
+        return c
     }
 
     func validate() throws {
-        do { try blockConfiguration.validate() } catch { throw ValidationError("\(error)") }
+        do { _ = try blockConfiguration(try loadFile()) } catch { throw ValidationError("\(error)") }
         if platform.resolved() == .sim && simSocket == nil {
             throw ValidationError("--platform sim needs --sim-socket (the control socket of `xenback sim serve`)")
         }
     }
 
     func run() async throws {
+        let file = try loadFile()
+        let level = logLevel ?? file.log?.level.flatMap { Logger.Level(rawValue: $0) } ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
+            handler.logLevel = level
             return handler
         }
+        let blockConfiguration = try blockConfiguration(file)
+        let metricsFile = self.metricsFile ?? file.metrics?.file
         let logger = Logger(label: "xenbackd")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -112,8 +135,22 @@ struct XenbackdCommand: AsyncParsableCommand {
     func serve<P: XenPlatform>(_ daemon: BackendDaemon<P>, logger: Logger) async throws {
         let group = ServiceGroup(configuration: .init(services: [.init(service: daemon)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        print("ready pid=\(getpid())")
-        fflush(nil)
+        // SIGHUP: read the file again; a bad file is logged and the old settings stay.
+        // Trapped before "ready" is printed: a SIGHUP right after must not kill us.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let reload = Task {
+            for await _ in hangups {
+                do { daemon.reconfigure(block: try blockConfiguration(try loadFile())) } catch {
+                    logger.error("configuration not reloaded: \(error)")
+                }
+            }
+        }
+        defer { reload.cancel() }
+        // "ready" once the tree is watched, inside the group (signals trapped).
+        daemon.onReady = {
+            print("ready pid=\(getpid())")
+            fflush(nil)
+        }
         try await group.run()
     }
 }

@@ -114,3 +114,60 @@ func contents(of path: String) -> [UInt8] {
         #expect(output.contains("mismatches=0 failed=0"), "no block read back differently, no request failed")
     }
 }
+
+@Suite struct DaemonReloadTests {
+    /// SIGHUP re-reads the configuration file; a bad file is refused with a
+    /// log line and the daemon keeps running. (Log lines are waited for with
+    /// inotify on the log file, not by sleeping.)
+    @Test func sighupReloadsAndABadFileIsRefused() async throws {
+        let xenback = try #require(builtProduct("xenback"))
+        let xenbackd = try #require(builtProduct("xenbackd"))
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let dir = "/tmp/xenback-reload-\(tag)"
+        mkdir(dir, 0o755)
+        defer { _ = runShell("rm -rf \(dir)") }
+        let simSocket = dir + "/sim.sock", config = dir + "/xenbackd.json", log = dir + "/xenbackd.log"
+        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", dir + "/xs.sock", "--log-level", "warning"])
+        defer { sim.signal(SIGTERM); _ = sim.wait() }
+        #expect(sim.line()?.hasPrefix("ready") == true)
+        try write(config, #"{ "block": { "engine": "libaio" } }"#)
+        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--config", config], standardError: log)
+        #expect(daemon.line()?.hasPrefix("ready") == true)
+
+        try write(config, #"{ "block": { "engine": "io_uring", "maxQueues": 2 } }"#)
+        daemon.signal(SIGHUP)
+        let reloaded = waitForLine(in: log, containing: "configuration reloaded")
+        #expect(reloaded?.contains("engine=io_uring") == true && reloaded?.contains("max-queues=2") == true, "\(reloaded ?? "no line")")
+
+        try write(config, #"{ "block": { "engine": "posix" } }"#)
+        daemon.signal(SIGHUP)
+        let refused = waitForLine(in: log, containing: "configuration not reloaded")
+        #expect(refused?.contains("block.engine") == true, "\(refused ?? "no line")")
+
+        daemon.signal(SIGTERM)
+        #expect(daemon.wait() == 0, "still running after the bad file, and stops cleanly")
+    }
+
+    func write(_ path: String, _ text: String) throws {
+        let fd = open(path + ".tmp", O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+        _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+        rename(path + ".tmp", path)
+    }
+
+    /// Blocks on inotify until a line containing `text` is in `path` (30 s at most).
+    func waitForLine(in path: String, containing text: String) -> String? {
+        let notify = inotify_init1(Int32(IN_CLOEXEC))
+        defer { close(notify) }
+        _ = inotify_add_watch(notify, path, UInt32(IN_MODIFY))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<1000 {
+            let lines = String(decoding: contents(of: path), as: UTF8.self).split(separator: "\n")
+            if let line = lines.first(where: { $0.contains(text) }) { return String(line) }
+            var p = pollfd(fd: notify, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 30_000) > 0 else { return nil }
+            _ = read(notify, &buffer, buffer.count)
+        }
+        return nil
+    }
+}
