@@ -171,3 +171,62 @@ func contents(of path: String) -> [UInt8] {
         return nil
     }
 }
+
+@Suite struct DaemonBadDeviceTests {
+    /// Bad toolstack values for some devices (a path that does not exist,
+    /// mode "x", no params at all) are reported in each device's
+    /// hotplug-error; the daemon survives and serves the good device.
+    @Test func badDevicesAreReportedAndTheGoodOneIsServed() async throws {
+        let xenback = try #require(builtProduct("xenback"))
+        let xenbackd = try #require(builtProduct("xenbackd"))
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let simSocket = "/tmp/xenback-sim-\(tag).sock", xsSocket = "/tmp/xenback-xs-\(tag).sock"
+        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
+        defer { sim.signal(SIGTERM); _ = sim.wait() }
+        #expect(sim.line()?.hasPrefix("ready") == true)
+        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"])
+        #expect(daemon.line()?.hasPrefix("ready") == true)
+
+        let toolstack = try SimClient(socketPath: simSocket)
+        _ = try toolstack.createDomain(DomainID(3), pages: 2048, grantEntries: 2048)
+        let dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
+        let good = TempFile(megabytes: 16)
+        let base = ToolstackDisk.firstXenDisk
+        let missing = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base + 16, target: "/nonexistent/disk.img")
+        let badMode = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base + 32, target: good.path,
+                                                     extraBackendKeys: ["mode": "x"])
+        let noParams = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base + 48, target: "")
+        let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base, target: good.path)
+        let expectations: [(ToolstackDisk, String)] = [(missing, "/nonexistent/disk.img"), (badMode, "mode"), (noParams, "params")]
+        for (bad, word) in expectations {
+            // hotplug-status is written last: wait for it with a watch.
+            #expect(try await awaitKey(dom0, bad.backendPath + "/hotplug-status", equals: "error"))
+            let error = try await dom0.readIfPresent(bad.backendPath + "/hotplug-error") ?? ""
+            #expect(error.contains(word), "\(bad.devid): \(error)")
+        }
+        _ = try await awaitXenbusState(dom0, disk.backendPath, "the good disk probed") { $0 == .initWait }
+        let (status, output) = runShell("\(xenback) front blk --sim \(simSocket) --domain 3 --devid \(base) --verify-mb 4 --seconds 0 2>&1")
+        #expect(status == 0 && output.contains("verified: ok"), "\(output)")
+        daemon.signal(SIGTERM)
+        #expect(daemon.wait() == 0, "the daemon survived the bad devices and stops cleanly")
+        await dom0.close()
+    }
+}
+
+/// Waits on a watch (30 s at most) until `path` reads `value`.
+func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) async throws -> Bool {
+    let watch = try await xenstore.watch(path)
+    defer { Task { try? await xenstore.unwatch(path, token: watch.token) } }
+    return try await withThrowingTaskGroup(of: Bool.self) { group in
+        group.addTask {
+            for await _ in watch.events where try await xenstore.readIfPresent(path) == value { return true }
+            return false
+        }
+        group.addTask {
+            try await Task.sleep(for: .seconds(30))  // a bound, not synchronisation
+            return false
+        }
+        defer { group.cancelAll() }
+        return try await group.next() ?? false
+    }
+}
