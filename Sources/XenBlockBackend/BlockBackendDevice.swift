@@ -158,6 +158,18 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             throw error
         }
         var machine = BackendStateMachine()
+        // A backend state of Connected left in xenstore means a previous
+        // xenbackd served this device and died without closing it. Its rings
+        // cannot be resumed (answers overwrite request slots out of order, so
+        // the ring no longer says which requests are owed): wait for the
+        // frontend to set up new rings and resubmit, as blkfront does when it
+        // recovers, instead of mapping the stale ones.
+        let previous = try await key("state").flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
+        let frontNow = try await xenstore.readIfPresent(setup.frontendPath + "/state").flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
+        var staleConnection = previous == .connected && (frontNow == .connected || frontNow == .initialised)
+        if staleConnection {
+            logger.warning("the frontend is connected to a previous backend; waiting for it to reconnect")
+        }
         try await publishProbeFeatures(setup)
         logger.info("backing \(setup.backing.path) opened", metadata: [
             "sectors": "\(setup.backing.geometry.sectors)", "mode": "\(setup.readOnly ? "r" : "w")",
@@ -187,6 +199,11 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
                 let front = try await xenstore.readIfPresent(setup.frontendPath + "/state")
                 let event: BackendEvent = front.flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
                     .map { .frontendState($0) } ?? .frontendVanished
+                if staleConnection {
+                    // Ignore the old connection until the frontend starts over.
+                    if event == .frontendState(.connected) || event == .frontendState(.initialised) { continue }
+                    staleConnection = false
+                }
                 if event != .frontendState(machine.frontendState) || event == .frontendVanished {
                     try await perform(machine.handle(event), setup: setup, machine: &machine)
                 }

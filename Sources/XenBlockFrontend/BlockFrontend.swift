@@ -88,15 +88,23 @@ public final class BlockFrontend<Layout: RingLayout>: @unchecked Sendable
 where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public let frontendPath: String
     public let backendPath: String
-    public let disk: BlockDiskInfo
-    public let queues: [BlockFrontendQueue<Layout>]
+    /// What the backend told us at the last (re)connect.
+    public private(set) var disk: BlockDiskInfo
+    /// Replaced by `reconnect`.
+    public private(set) var queues: [BlockFrontendQueue<Layout>]
     let xenstore: XenStoreClient
     let domain: SimDomain
+    let frames: Range<UInt32>
+    let requested: BlockFrontendOptions
+    let openEvents: () throws -> any GuestEventChannelDevice
+    let timeout: Duration
 
     init(frontendPath: String, backendPath: String, disk: BlockDiskInfo, queues: [BlockFrontendQueue<Layout>],
-         xenstore: XenStoreClient, domain: SimDomain) {
+         xenstore: XenStoreClient, domain: SimDomain, frames: Range<UInt32>, requested: BlockFrontendOptions,
+         openEvents: @escaping () throws -> any GuestEventChannelDevice, timeout: Duration) {
         self.frontendPath = frontendPath; self.backendPath = backendPath; self.disk = disk
         self.queues = queues; self.xenstore = xenstore; self.domain = domain
+        self.frames = frames; self.requested = requested; self.openEvents = openEvents; self.timeout = timeout
     }
 
     /// Negotiates with the backend named in `frontendPath/backend` and
@@ -105,18 +113,45 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                                options requested: BlockFrontendOptions = BlockFrontendOptions(),
                                openEventChannels: (() throws -> any GuestEventChannelDevice)? = nil,
                                timeout: Duration = .seconds(30)) async throws -> BlockFrontend {
-        // In-process guests use the hypervisor directly; a guest in another
-        // process passes its SimClient's device.
-        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
         guard let backendPath = try await xenstore.readIfPresent(frontendPath + "/backend"),
               let backendIDText = try await xenstore.readIfPresent(frontendPath + "/backend-id"),
               let backendID = UInt16(backendIDText) else {
             throw BlockFrontendError.badBackendKey(path: frontendPath + "/backend", value: nil)
         }
+        // In-process guests use the hypervisor directly; a guest in another
+        // process passes its SimClient's device.
+        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
+        let (disk, queues) = try await setUp(domain: domain, xenstore: xenstore, frontendPath: frontendPath, backendPath: backendPath,
+                                             backendID: backendID, frames: frames, requested: requested,
+                                             openEvents: openEvents, timeout: timeout)
+        return BlockFrontend(frontendPath: frontendPath, backendPath: backendPath, disk: disk, queues: queues,
+                             xenstore: xenstore, domain: domain, frames: frames, requested: requested,
+                             openEvents: openEvents, timeout: timeout)
+    }
+
+    /// After the backend went away without closing (xenbackd killed and
+    /// restarted, now back in InitWait): sets up new rings on the same guest
+    /// frames with new grants, renegotiates, and replaces `queues`. Requests
+    /// that were in flight are the caller's to resubmit, as blkfront's
+    /// recovery does. Grants the dead backend still held busy are left.
+    public func reconnect() async throws {
+        for queue in queues { _ = queue.revokeGrants() }
+        try await xenstore.write(frontendPath + "/state", "\(XenbusState.initialising.rawValue)")
+        let backendID = UInt16(try await xenstore.readString(frontendPath + "/backend-id")) ?? 0
+        (disk, queues) = try await Self.setUp(domain: domain, xenstore: xenstore, frontendPath: frontendPath, backendPath: backendPath,
+                                              backendID: backendID, frames: frames, requested: requested,
+                                              openEvents: openEvents, timeout: timeout)
+    }
+
+    /// The handshake: wait for InitWait, size to the backend's limits, make
+    /// the queues, write their keys, Initialised, wait for Connected, read the disk.
+    static func setUp(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, backendPath: String, backendID: UInt16,
+                      frames: Range<UInt32>, requested: BlockFrontendOptions,
+                      openEvents: () throws -> any GuestEventChannelDevice,
+                      timeout: Duration) async throws -> (BlockDiskInfo, [BlockFrontendQueue<Layout>]) {
         // The backend publishes its limits, then goes to InitWait.
-        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend InitWait") {
-            $0 == .initWait || $0 == .connected
-        }
+        // (Connected here would be a dead backend's leftover: wait it out.)
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend InitWait") { $0 == .initWait }
         func backendNumber(_ key: String) async throws -> Int? {
             try await xenstore.readIfPresent(backendPath + "/" + key).flatMap { Int($0) }
         }
@@ -190,8 +225,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             secureDiscard: try await flag("discard-secure"), persistentGrants: try await flag("feature-persistent"),
             maximumIndirectSegments: maximumIndirect, maximumQueues: maximumQueues, maximumRingPageOrder: maximumOrder)
         try await xenstore.write(frontendPath + "/state", "\(XenbusState.connected.rawValue)")
-        return BlockFrontend(frontendPath: frontendPath, backendPath: backendPath, disk: disk, queues: queues,
-                             xenstore: xenstore, domain: domain)
+        return (disk, queues)
     }
 
     /// Closes like blkfront: Closing, wait for the backend to close (it
@@ -257,6 +291,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public var slotCount: Int { slotFrames.count }
     public var segmentsPerRequest: Int { slotFrames.first?.count ?? 0 }
     var pendingPorts = [EventChannelPort](repeating: EventChannelPort(0), count: 4)
+    /// How long to wait for an answer before giving up (a backend that died
+    /// answers nothing; a recovering frontend wants to know soon).
+    public var responseTimeoutMilliseconds: Int32 = 30_000
 
     init(domain: SimDomain, backend: DomainID, events: any GuestEventChannelDevice, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
          indirect: Bool) throws {
@@ -333,7 +370,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Calls `body` for each response until `body` returns false or
     /// `timeoutMilliseconds` pass without one. Sleeps on the event channel.
-    func awaitResponses(timeoutMilliseconds: Int32 = 30_000, _ body: (BlockResponse) throws -> Bool) throws {
+    func awaitResponses(timeoutMilliseconds: Int32? = nil, _ body: (BlockResponse) throws -> Bool) throws {
+        let timeoutMilliseconds = timeoutMilliseconds ?? responseTimeoutMilliseconds
         while true {
             let producer = try ring.readResponseProducer()
             while let response = ring.nextResponse(before: producer) {

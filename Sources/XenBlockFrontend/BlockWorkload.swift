@@ -20,8 +20,9 @@ public struct BlockWorkload: Sendable {
     public var pattern: BlockPattern
     public var blockSize: Int
     public var iodepth: Int
-    /// The bytes of the disk the workload stays within (from 0).
+    /// The bytes of the disk the workload stays within, from `startBytes`.
     public var regionBytes: UInt64
+    public var startBytes: UInt64 = 0
     public var duration: Duration?
     public var operations: Int?
     /// How long to watch the response ring before sleeping on the event
@@ -79,7 +80,7 @@ extension BlockFrontendQueue {
                 block = sequential
                 sequential = (sequential + 1) % blocks
             }
-            return block * sectorsPerBlock
+            return workload.startBytes / 512 + block * sectorsPerBlock
         }
         let clock = ContinuousClock()
         let start = clock.now
@@ -129,7 +130,7 @@ extension BlockFrontendQueue {
                 while ring.unconsumedResponses() == 0 && clock.now < until {}
                 if ring.unconsumedResponses() > 0 { continue }
             }
-            guard events.wait(timeoutMilliseconds: 30_000) else { throw BlockFrontendError.timeout("a block response") }
+            guard events.wait(timeoutMilliseconds: responseTimeoutMilliseconds) else { throw BlockFrontendError.timeout("a block response") }
             _ = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
             try events.unmask(port)
         }

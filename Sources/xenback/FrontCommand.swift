@@ -101,7 +101,11 @@ struct BlockFrontCommand: AsyncParsableCommand {
                 domain: guest, xenstore: xenstore, frontendPath: frontendPath,
                 frames: firstFrame..<(frameCount.map { firstFrame + $0 } ?? UInt32(guest.pageCount)),
                 options: options, openEventChannels: { try client.openEventChannels(domain: DomainID(domain)) })
-            let outcome = Result { try soak.map { try self.soak(front, seconds: $0) } ?? exercise(front, blockSize: blockSize) }
+            let outcome: Result<Bool, Error>
+            do {
+                if let soak { outcome = .success(try await self.soak(front, seconds: soak)) }
+                else { outcome = .success(try exercise(front, blockSize: blockSize)) }
+            } catch { outcome = .failure(error) }
             _ = try await front.close()
             return try outcome.get()
         }
@@ -112,7 +116,12 @@ struct BlockFrontCommand: AsyncParsableCommand {
 
     /// Verify passes (rotating through the disk) and random I/O, a progress
     /// line a second, until `seconds` pass or SIGTERM; true if all verified.
-    func soak<L: RingLayout>(_ front: BlockFrontend<L>, seconds: Int) throws -> Bool
+    ///
+    /// If the backend stops answering (xenbackd killed), it waits for a new
+    /// one, reconnects with new rings, and checks that every region whose
+    /// writes and flush were acknowledged still reads back exactly: the
+    /// crash-consistency check. The interrupted pass is simply done again.
+    func soak<L: RingLayout>(_ front: BlockFrontend<L>, seconds: Int) async throws -> Bool
     where L.Request == BlockRequest, L.Response == BlockResponse {
         let d = front.disk
         if idle {
@@ -128,35 +137,71 @@ struct BlockFrontCommand: AsyncParsableCommand {
         let clock = ContinuousClock()
         let end = clock.now + .seconds(seconds)
         let verifyBlocks = 64, verifyBlock = 65536
-        let regions = max(1, Int(d.sectors * 512) / (verifyBlocks * verifyBlock))
-        var totals = BlockVerifyResult(blocksWritten: 0, blocksVerified: 0, mismatches: 0, failedRequests: 0)
-        var pass = 0
+        // Verify passes use the first half of the disk; random I/O the second
+        // half, so it never overwrites a region the crash check relies on.
+        let half = d.sectors * 512 / 2 / 4096 * 4096
+        let regions = max(1, Int(half) / (verifyBlocks * verifyBlock))
+        var totals = BlockVerifyResult()
+        /// Regions whose last pass was written, flushed and read back, with its seed.
+        var committed: [Int: UInt64] = [:]
+        var pass = 0, recoveries = 0, lostAfterRecovery = 0
         let readOnly = d.info.contains(.readOnly)
+        func shortTimeouts() { for q in front.queues { q.responseTimeoutMilliseconds = 2_000 } }
+        shortTimeouts()
         while clock.now < end && !SoakSignal.stop.load(ordering: .relaxed) {
             let started = clock.now
             var ops = 0, bytes: UInt64 = 0, errors = 0
-            if !readOnly {
-                let queue = front.queues[pass % front.queues.count]
-                let start = UInt64((pass % regions) * verifyBlocks * verifyBlock / 512)
-                let r = try queue.verify(startSector: start, blocks: verifyBlocks, blockSize: verifyBlock, seed: UInt64(pass) &+ 1)
-                totals.blocksWritten += r.blocksWritten; totals.blocksVerified += r.blocksVerified
-                totals.mismatches += r.mismatches; totals.failedRequests += r.failedRequests
-                ops += r.blocksWritten + r.blocksVerified + 1
-                bytes += UInt64((r.blocksWritten + r.blocksVerified) * verifyBlock)
+            do {
+                if !readOnly {
+                    let queue = front.queues[pass % front.queues.count]
+                    let region = pass % regions
+                    let seed = UInt64(pass) &+ 1
+                    committed[region] = nil  // being overwritten: no claim until its flush is answered
+                    let start = UInt64(region * verifyBlocks * verifyBlock / 512)
+                    let r = try queue.verify(startSector: start, blocks: verifyBlocks, blockSize: verifyBlock, seed: seed)
+                    if r.ok { committed[region] = seed }
+                    totals.blocksWritten += r.blocksWritten; totals.blocksVerified += r.blocksVerified
+                    totals.mismatches += r.mismatches; totals.failedRequests += r.failedRequests
+                    ops += r.blocksWritten + r.blocksVerified + 1
+                    bytes += UInt64((r.blocksWritten + r.blocksVerified) * verifyBlock)
+                }
+                let pattern: BlockPattern = readOnly || pass % 2 == 0 ? .randread : .randwrite
+                var workload = BlockWorkload(pattern: pattern, blockSize: 4096, iodepth: iodepth,
+                                             regionBytes: d.sectors * 512 - half, duration: .milliseconds(800))
+                workload.startBytes = half
+                let w = try front.run(workload)
+                ops += w.operations; bytes += w.bytes; errors += w.errors
+            } catch BlockFrontendError.timeout {
+                // The backend is gone: new rings once a new one is there.
+                print("backend stopped answering: reconnecting")
+                fflush(nil)
+                try await front.reconnect()
+                shortTimeouts()
+                recoveries += 1
+                // Every acknowledged-and-flushed region must have survived.
+                for (region, seed) in committed.sorted(by: { $0.key < $1.key }) {
+                    let queue = front.queues[0]
+                    for i in 0..<verifyBlocks {
+                        let sector = UInt64(region * verifyBlocks * verifyBlock / 512 + i * verifyBlock / 512)
+                        let (status, data) = try queue.read(sector: sector, byteCount: verifyBlock)
+                        if status != .okay || data != BlockFrontendQueue<L>.verifyPattern(sector: sector, seed: seed, count: verifyBlock) {
+                            lostAfterRecovery += 1
+                        }
+                    }
+                }
+                print("reconnected: \(committed.count) committed regions checked, \(lostAfterRecovery) blocks lost")
+                fflush(nil)
+                continue
             }
-            let pattern: BlockPattern = readOnly || pass % 2 == 0 ? .randread : .randwrite
-            let w = try front.run(BlockWorkload(pattern: pattern, blockSize: 4096, iodepth: iodepth, regionBytes: d.sectors * 512,
-                                                duration: .milliseconds(800)))
-            ops += w.operations; bytes += w.bytes; errors += w.errors
             let elapsed = clock.now - started
             let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            print("progress iops=\(Int(Double(ops) / secs)) mbps=\(fmt(Double(bytes) / 1e6 / secs, 1)) errors=\(errors + totals.failedRequests) verified=\(totals.blocksVerified) mismatches=\(totals.mismatches)")
+            print("progress iops=\(Int(Double(ops) / secs)) mbps=\(fmt(Double(bytes) / 1e6 / secs, 1)) errors=\(errors + totals.failedRequests) verified=\(totals.blocksVerified) mismatches=\(totals.mismatches) recoveries=\(recoveries)")
             fflush(nil)
             pass += 1
             if errors > 0 { totals.failedRequests += errors }
         }
-        let ok = totals.ok
-        print("verified: \(ok ? "ok" : "FAILED") blocks=\(totals.blocksVerified) mismatches=\(totals.mismatches) failed=\(totals.failedRequests)")
+        let ok = totals.ok && lostAfterRecovery == 0
+        print("verified: \(ok ? "ok" : "FAILED") blocks=\(totals.blocksVerified) mismatches=\(totals.mismatches) failed=\(totals.failedRequests) recoveries=\(recoveries) lost=\(lostAfterRecovery)")
         fflush(nil)
         return ok
     }
