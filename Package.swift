@@ -110,7 +110,8 @@ let package = Package(
         ),
         // The fuzz targets' logic, shared by tools/fuzz (libFuzzer) and the
         // tests that replay seed and regression inputs.
-        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStoreCore", "XenBus"]),
+        .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStoreCore", "XenBus",
+                                                "XenSim", "XenBlockBackend", "XenPlatform", "CXenShims"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
         .target(name: "XenProtocolTesting", path: "Sources/XenProtocolTesting"),
@@ -121,7 +122,7 @@ let package = Package(
         ),
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
-        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
+        .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),

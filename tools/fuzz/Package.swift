@@ -15,6 +15,8 @@ let package = Package(
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "FuzzXenStoreServer", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "FuzzBlockRequests", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "FuzzXenbusStateMachine", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     ]
