@@ -154,3 +154,65 @@ public func builtProduct(_ name: String) -> String? {
     let path = String(binary[..<slash]) + "/" + name
     return access(path, X_OK) == 0 ? path : nil
 }
+
+/// A sparse temporary disk image, removed when released.
+public final class TempDisk {
+    public let path: String
+
+    public init(megabytes: Int) {
+        var template = Array("/tmp/xenback-disk-XXXXXX".utf8CString)
+        let fd = mkstemp(&template)
+        path = String(cString: template)
+        ftruncate(fd, off_t(megabytes) << 20)
+        close(fd)
+    }
+
+    deinit { unlink(path) }
+
+    public func read(_ offset: Int, _ count: Int) -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var b = [UInt8](repeating: 0, count: count)
+        _ = pread(fd, &b, count, off_t(offset))
+        return b
+    }
+
+    public func write(_ offset: Int, _ bytes: [UInt8]) {
+        let fd = open(path, O_RDWR)
+        defer { close(fd) }
+        _ = pwrite(fd, bytes, bytes.count, off_t(offset))
+        fsync(fd)
+    }
+
+    public var allocatedBlocks: Int {
+        var st = stat()
+        stat(path, &st)
+        return Int(st.st_blocks)
+    }
+}
+
+/// Runs blocking work (a child process, a wait on a pipe) on a thread of its
+/// own and awaits it, so async tests do not pin one of the few threads of
+/// the cooperative pool that other tests' xenstore clients need.
+public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+        let job = Unmanaged.passRetained(OffPoolJob { continuation.resume(with: Result { try body() }) }).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            // SAFETY: arg is the retained Job passed below; this thread owns it.
+            Unmanaged<OffPoolJob>.fromOpaque(arg!).takeRetainedValue().run()
+            return nil
+        }, job)
+        if rc == 0 { pthread_detach(thread) } else {
+            Unmanaged<OffPoolJob>.fromOpaque(job).release()
+            continuation.resume(throwing: ThreadStartFailed(code: rc))
+        }
+    }
+}
+
+public struct ThreadStartFailed: Error { public var code: Int32 }
+
+final class OffPoolJob: @unchecked Sendable {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}

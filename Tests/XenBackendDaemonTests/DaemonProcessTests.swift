@@ -11,35 +11,69 @@ import XenProcess
 
 typealias Child = ChildProcess
 
+/// `xenback sim serve` and `xenbackd` as processes, a toolstack client and a
+/// dom0 xenstore connection: the host the daemon tests run against.
+final class SimProcesses {
+    let xenback: String, xenbackd: String
+    let simSocket: String, xsSocket: String
+    let sim: Child
+    var daemon: Child
+    let toolstack: SimClient
+    let dom0: XenStoreClient
+
+    init(daemonArguments: [String] = []) async throws {
+        xenback = try #require(builtProduct("xenback"))
+        xenbackd = try #require(builtProduct("xenbackd"))
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        simSocket = "/tmp/xenback-sim-\(tag).sock"
+        xsSocket = "/tmp/xenback-xs-\(tag).sock"
+        sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
+        try #require(sim.line()?.hasPrefix("ready") == true, "the sim started")
+        daemon = try Self.startDaemon(xenbackd, simSocket, daemonArguments)
+        toolstack = try SimClient(socketPath: simSocket)
+        dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
+    }
+
+    static func startDaemon(_ xenbackd: String, _ simSocket: String, _ arguments: [String]) throws -> Child {
+        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"] + arguments)
+        try #require(daemon.line()?.hasPrefix("ready") == true, "xenbackd started")
+        return daemon
+    }
+
+    /// A new xenbackd (after the old one died).
+    func restartDaemon(_ arguments: [String] = []) throws { daemon = try Self.startDaemon(xenbackd, simSocket, arguments) }
+
+    /// Stops the daemon with SIGTERM; its exit status.
+    func stopDaemon() -> Int32 {
+        daemon.signal(SIGTERM)
+        return daemon.wait()
+    }
+
+    func shutdown() async {
+        await dom0.close()
+        sim.signal(SIGTERM)
+        sim.wait()
+    }
+}
+
 @Suite struct DaemonProcessTests {
     /// Three processes, as on a host: the sim (hypervisor + xenstored),
     /// xenbackd serving backend/vbd, and a guest whose blkfront is
     /// `xenback front blk`. The test is the toolstack.
     @Test func xenbackdServesADiskTheToolstackAttaches() async throws {
-        let xenback = try #require(builtProduct("xenback"))
-        let xenbackd = try #require(builtProduct("xenbackd"))
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let simSocket = "/tmp/xenback-sim-\(tag).sock", xsSocket = "/tmp/xenback-xs-\(tag).sock"
-        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
-        defer { sim.signal(SIGTERM); _ = sim.wait() }
-        #expect(sim.line()?.hasPrefix("ready") == true)
-        let metricsDir = "/tmp/xenback-metrics-\(tag)"
+        let metricsDir = "/tmp/xenback-metrics-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         mkdir(metricsDir, 0o755)
         defer { _ = runShell("rm -rf \(metricsDir)") }
         let metricsFile = metricsDir + "/xenbackd.prom"
-        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "warning",
-                                "--metrics-file", metricsFile])
-        #expect(daemon.line()?.hasPrefix("ready") == true)
-
+        let host = try await SimProcesses(daemonArguments: ["--metrics-file", metricsFile])
+        let (xenback, simSocket, dom0) = (host.xenback, host.simSocket, host.dom0)
         // The toolstack: a guest domain and a disk for it.
-        let toolstack = try SimClient(socketPath: simSocket)
-        _ = try toolstack.createDomain(DomainID(7), pages: 4096, grantEntries: 4096)
-        let dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
-        let file = TempFile(megabytes: 32)
+        _ = try host.toolstack.createDomain(DomainID(7), pages: 4096, grantEntries: 4096)
+        let file = TempDisk(megabytes: 32)
         let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(7), target: file.path)
         _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing the disk") { $0 == .initWait }
 
-        let (status, output) = runShell("\(xenback) front blk --sim \(simSocket) --domain 7 --queues 2 --verify-mb 8 --seconds 1 --iodepth 8 2>&1")
+        let (status, output) = try await offThePool { runShell("\(xenback) front blk --sim \(simSocket) --domain 7 --queues 2 --verify-mb 8 --seconds 1 --iodepth 8 2>&1") }
         #expect(status == 0, "the guest verified its disk through xenbackd:\n\(output)")
         #expect(output.contains("verified: ok"))
         #expect(file.read(0, 65536).contains { $0 != 0 }, "the guest's data is in the file")
@@ -48,12 +82,14 @@ typealias Child = ChildProcess
         // with inotify, not by sleeping), and `xenback status` shows them.
         let notify = inotify_init1(Int32(IN_CLOEXEC))
         _ = inotify_add_watch(notify, metricsDir, UInt32(IN_MOVED_TO))
-        var events = [UInt8](repeating: 0, count: 4096)
-        for _ in 0..<2 { _ = read(notify, &events, events.count) }
+        _ = try await offThePool {
+            var events = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<2 { _ = read(notify, &events, events.count) }
+        }
         close(notify)
         let metrics = String(decoding: contents(of: metricsFile), as: UTF8.self)
         #expect(metrics.contains("xenback_block_requests_total{domid=\"7\",devid=\"51712\",op=\"write\"} 128"), "\(metrics)")
-        let (statusCode, statusTable) = runShell("\(xenback) status --sim \(simSocket) --metrics-file \(metricsFile) 2>&1")
+        let (statusCode, statusTable) = try await offThePool { runShell("\(xenback) status --sim \(simSocket) --metrics-file \(metricsFile) 2>&1") }
         #expect(statusCode == 0)
         let row = statusTable.split(separator: "\n").first { $0.hasPrefix("dom7/51712") }.map(String.init) ?? ""
         #expect(row.contains("Closed") && row.contains(" 2 ") && row.contains("x86_64-abi") && row.contains("128"), "\(statusTable)")
@@ -62,30 +98,8 @@ typealias Child = ChildProcess
         try await disk.setOffline(xenstore: dom0)
         _ = try await awaitXenbusState(dom0, disk.backendPath, "backend Closed") { $0 == .closed }
         try await disk.remove(xenstore: dom0)
-        daemon.signal(SIGTERM)
-        #expect(daemon.wait() == 0, "SIGTERM: exit 0")
-        await dom0.close()
-    }
-}
-
-/// A sparse temporary file.
-final class TempFile {
-    let path: String
-    init(megabytes: Int) {
-        var template = Array("/tmp/xenback-disk-XXXXXX".utf8CString)
-        let fd = mkstemp(&template)
-        path = String(cString: template)
-        ftruncate(fd, off_t(megabytes) << 20)
-        close(fd)
-    }
-    deinit { unlink(path) }
-
-    func read(_ offset: Int, _ count: Int) -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        defer { close(fd) }
-        var b = [UInt8](repeating: 0, count: count)
-        _ = pread(fd, &b, count, off_t(offset))
-        return b
+        #expect(host.stopDaemon() == 0, "SIGTERM: exit 0")
+        await host.shutdown()
     }
 }
 
@@ -105,9 +119,9 @@ func contents(of path: String) -> [UInt8] {
 @Suite struct DemoTests {
     /// The README's main job, short: every process starts, the guest's data
     /// verifies, everything stops cleanly, exit 0.
-    @Test func demoRunsAndVerifies() throws {
+    @Test func demoRunsAndVerifies() async throws {
         let xenback = try #require(builtProduct("xenback"))
-        let (status, output) = runShell("\(xenback) demo --seconds 3 < /dev/null 2>&1")
+        let (status, output) = try await offThePool { runShell("\(xenback) demo --seconds 3 < /dev/null 2>&1") }
         #expect(status == 0, "\(output)")
         #expect(output.contains("verified: ok") && output.contains("demo: ok"))
         #expect(output.contains("xenbackd       exit 0"), "the daemon stopped cleanly on SIGTERM")
@@ -136,12 +150,12 @@ func contents(of path: String) -> [UInt8] {
 
         try write(config, #"{ "block": { "engine": "io_uring", "maxQueues": 2 } }"#)
         daemon.signal(SIGHUP)
-        let reloaded = waitForLine(in: log, containing: "configuration reloaded")
+        let reloaded = try await offThePool { self.waitForLine(in: log, containing: "configuration reloaded") }
         #expect(reloaded?.contains("engine=io_uring") == true && reloaded?.contains("max-queues=2") == true, "\(reloaded ?? "no line")")
 
         try write(config, #"{ "block": { "engine": "posix" } }"#)
         daemon.signal(SIGHUP)
-        let refused = waitForLine(in: log, containing: "configuration not reloaded")
+        let refused = try await offThePool { self.waitForLine(in: log, containing: "configuration not reloaded") }
         #expect(refused?.contains("block.engine") == true, "\(refused ?? "no line")")
 
         daemon.signal(SIGTERM)
@@ -177,20 +191,10 @@ func contents(of path: String) -> [UInt8] {
     /// mode "x", no params at all) are reported in each device's
     /// hotplug-error; the daemon survives and serves the good device.
     @Test func badDevicesAreReportedAndTheGoodOneIsServed() async throws {
-        let xenback = try #require(builtProduct("xenback"))
-        let xenbackd = try #require(builtProduct("xenbackd"))
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let simSocket = "/tmp/xenback-sim-\(tag).sock", xsSocket = "/tmp/xenback-xs-\(tag).sock"
-        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
-        defer { sim.signal(SIGTERM); _ = sim.wait() }
-        #expect(sim.line()?.hasPrefix("ready") == true)
-        let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"])
-        #expect(daemon.line()?.hasPrefix("ready") == true)
-
-        let toolstack = try SimClient(socketPath: simSocket)
-        _ = try toolstack.createDomain(DomainID(3), pages: 2048, grantEntries: 2048)
-        let dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
-        let good = TempFile(megabytes: 16)
+        let host = try await SimProcesses()
+        let (xenback, simSocket, dom0) = (host.xenback, host.simSocket, host.dom0)
+        _ = try host.toolstack.createDomain(DomainID(3), pages: 2048, grantEntries: 2048)
+        let good = TempDisk(megabytes: 16)
         let base = ToolstackDisk.firstXenDisk
         let missing = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base + 16, target: "/nonexistent/disk.img")
         let badMode = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(3), devid: base + 32, target: good.path,
@@ -205,11 +209,10 @@ func contents(of path: String) -> [UInt8] {
             #expect(error.contains(word), "\(bad.devid): \(error)")
         }
         _ = try await awaitXenbusState(dom0, disk.backendPath, "the good disk probed") { $0 == .initWait }
-        let (status, output) = runShell("\(xenback) front blk --sim \(simSocket) --domain 3 --devid \(base) --verify-mb 4 --seconds 0 2>&1")
+        let (status, output) = try await offThePool { runShell("\(xenback) front blk --sim \(simSocket) --domain 3 --devid \(base) --verify-mb 4 --seconds 0 2>&1") }
         #expect(status == 0 && output.contains("verified: ok"), "\(output)")
-        daemon.signal(SIGTERM)
-        #expect(daemon.wait() == 0, "the daemon survived the bad devices and stops cleanly")
-        await dom0.close()
+        #expect(host.stopDaemon() == 0, "the daemon survived the bad devices and stops cleanly")
+        await host.shutdown()
     }
 }
 
@@ -237,47 +240,47 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
     /// (it does not resume the dead one's), the guest resubmits, and every
     /// region whose writes and flush had been acknowledged reads back intact.
     @Test func killedDaemonRestartsAndNoFlushedWriteIsLost() async throws {
-        let xenback = try #require(builtProduct("xenback"))
-        let xenbackd = try #require(builtProduct("xenbackd"))
-        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let simSocket = "/tmp/xenback-sim-\(tag).sock", xsSocket = "/tmp/xenback-xs-\(tag).sock"
-        let sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
-        defer { sim.signal(SIGTERM); _ = sim.wait() }
-        #expect(sim.line()?.hasPrefix("ready") == true)
-        var daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"])
-        #expect(daemon.line()?.hasPrefix("ready") == true)
-        let toolstack = try SimClient(socketPath: simSocket)
-        _ = try toolstack.createDomain(DomainID(4), pages: 2048, grantEntries: 8192)
-        let dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
-        let file = TempFile(megabytes: 64)
+        let host = try await SimProcesses()
+        let (xenback, simSocket, dom0) = (host.xenback, host.simSocket, host.dom0)
+        _ = try host.toolstack.createDomain(DomainID(4), pages: 2048, grantEntries: 8192)
+        let file = TempDisk(megabytes: 64)
         let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(4), target: file.path)
         _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing") { $0 == .initWait }
 
         let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "4", "--soak", "120", "--iodepth", "8"])
-        var lines: [String] = []
-        func until(_ prefix: String) -> Bool {
-            while let line = guest.line() {
-                lines.append(line)
-                if line.hasPrefix(prefix) { return true }
-            }
-            return false
-        }
+        let output = LineReader(guest)
+        func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
         // Two passes done (regions committed), then the daemon dies mid-run.
-        #expect(until("progress") && until("progress"))
-        daemon.signal(SIGKILL)
-        #expect(daemon.wait() == 128 + SIGKILL)
-        daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"])
-        #expect(daemon.line()?.hasPrefix("ready") == true)
-        #expect(until("reconnected"), "the guest reconnected to the new daemon: \(lines)")
-        #expect(lines.last?.contains(" 0 blocks lost") == true, "\(lines.last ?? "")")
-        #expect(until("progress"), "I/O goes on after the restart")
+        #expect(try await until("progress"))
+        #expect(try await until("progress"))
+        host.daemon.signal(SIGKILL)
+        #expect(host.daemon.wait() == 128 + SIGKILL)
+        try host.restartDaemon()
+        #expect(try await until("reconnected"), "the guest reconnected to the new daemon: \(output.lines)")
+        #expect(output.lines.last?.contains(" 0 blocks lost") == true, "\(output.lines.last ?? "")")
+        #expect(try await until("progress"), "I/O goes on after the restart")
         guest.signal(SIGTERM)
-        #expect(until("verified:"))
+        #expect(try await until("verified:"))
         #expect(guest.wait() == 0)
-        let verdict = lines.last ?? ""
+        let verdict = output.lines.last ?? ""
         #expect(verdict.hasPrefix("verified: ok") && verdict.contains("recoveries=1") && verdict.contains("lost=0"), "\(verdict)")
-        daemon.signal(SIGTERM)
-        #expect(daemon.wait() == 0)
-        await dom0.close()
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+}
+
+/// A child's output lines, read on whatever thread asks (one at a time).
+final class LineReader: @unchecked Sendable {
+    let child: Child
+    private(set) var lines: [String] = []
+    init(_ child: Child) { self.child = child }
+
+    /// Reads until a line starting with `prefix` (true) or the end of output (false).
+    func until(_ prefix: String) -> Bool {
+        while let line = child.line() {
+            lines.append(line)
+            if line.hasPrefix(prefix) { return true }
+        }
+        return false
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Synchronization
 import Testing
+import XenProtocolTesting
 import XenBlockBackend
 import XenBlockFrontend
 import XenBlockProtocol

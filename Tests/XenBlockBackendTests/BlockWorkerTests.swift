@@ -9,6 +9,7 @@ import XenBlockProtocol
 import XenPlatform
 import XenRing
 import XenSim
+import XenProtocolTesting
 
 struct Timeout: Error {}
 
@@ -62,40 +63,6 @@ final class TestGuest<L: RingLayout>: @unchecked Sendable where L.Request == Blo
 
     func bytes(_ frame: UInt32, _ range: Range<Int>) -> [UInt8] {
         Array(UnsafeRawBufferPointer(start: guest.page(frame) + range.lowerBound, count: range.count))
-    }
-}
-
-/// A sparse temporary disk image.
-final class TempDisk {
-    let path: String
-    init(megabytes: Int) {
-        var template = Array("/tmp/xenback-disk-XXXXXX".utf8CString)
-        let fd = mkstemp(&template)
-        path = String(cString: template)
-        ftruncate(fd, off_t(megabytes) << 20)
-        close(fd)
-    }
-    deinit { unlink(path) }
-
-    func read(_ offset: Int, _ count: Int) -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        defer { close(fd) }
-        var b = [UInt8](repeating: 0, count: count)
-        _ = pread(fd, &b, count, off_t(offset))
-        return b
-    }
-
-    func write(_ offset: Int, _ bytes: [UInt8]) {
-        let fd = open(path, O_RDWR)
-        defer { close(fd) }
-        _ = pwrite(fd, bytes, bytes.count, off_t(offset))
-        fsync(fd)
-    }
-
-    var allocatedBlocks: Int {
-        var st = stat()
-        stat(path, &st)
-        return Int(st.st_blocks)
     }
 }
 
