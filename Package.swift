@@ -114,7 +114,7 @@ let package = Package(
                                                 "XenSim", "XenBlockBackend", "XenPlatform", "CXenShims"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
-        .target(name: "XenProtocolTesting", path: "Sources/XenProtocolTesting"),
+        .target(name: "XenProtocolTesting", dependencies: ["XenProcess"], path: "Sources/XenProtocolTesting"),
         .testTarget(
             name: "XenRingTests",
             dependencies: ["XenRing", "XenBlockProtocol", "XenRingBenchmark", "CXenRingReference", "XenProtocolTesting", "XenFuzzing",

@@ -156,7 +156,8 @@ final class BlockIOEngine {
             }
             return total
         }
-        while true {
+        // Looked at in user space first: no io_getevents call to learn there is nothing.
+        while hasCompletions {
             let n = kind == .libaio
                 ? Int(CXenAIO_aio_reap(aio, tags.baseAddress, results.baseAddress, Int32(depth)))
                 : Int(CXenAIO_uring_reap(uring, tags.baseAddress, results.baseAddress, Int32(depth)))
@@ -164,6 +165,7 @@ final class BlockIOEngine {
             for i in 0..<n { body(tags[i], results[i]) }
             total += n
         }
+        return total
     }
 
     private static func performNow(_ operation: Operation, fd: Int32, buffer: UnsafeMutableRawPointer?, length: Int, offset: UInt64) -> Int64 {

@@ -84,6 +84,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// is taken off the ring meanwhile.
     var heldBarrier: BlockRequest?
     var inFlight = 0
+    /// The engine holds operations it could not submit yet.
+    var submissionPending = false
     /// While I/O is in flight, how long to watch the engine and the ring
     /// before sleeping (tapdisk's polling-duration): trades CPU for latency.
     let pollNanoseconds: Int
@@ -180,6 +182,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// (`drain`).
     @discardableResult
     public func processRing() throws(BlockBackendError) -> Int {
+        if submissionPending { submit() }
         let taken: Int
         do { taken = try takeRequests() } catch {
             completeAvailable()
@@ -199,9 +202,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             completeAvailable()
             pushResponses()
             if requestsInFlight == 0 { break }
+            if submissionPending { submit() }
             if engine.completionDescriptor >= 0 {
                 var p = pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0)
-                _ = poll(&p, 1, -1)
+                _ = poll(&p, 1, submissionPending ? 1 : -1)
             }
         }
     }
@@ -224,7 +228,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             if canTakeRequests && ring.finalCheckForRequests() { continue }
             if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
             for i in fds.indices { fds[i].revents = 0 }
-            let n = poll(&fds, 3, -1)
+            // A refused submission is retried after a millisecond.
+            let n = poll(&fds, 3, submissionPending ? 1 : -1)
             if n < 0 && errno == EINTR { continue }
             if fds[2].revents != 0 {
                 drain()
@@ -293,11 +298,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     }
 
     private func submit() {
-        do { try engine.submit() } catch {
-            // The engine refused the batch as a whole: nothing of it is in
-            // flight. Fail every slot still waiting for I/O.
-            for i in 0..<slotCount where slots[i].phase != .free { finish(slot: i, status: .error) }
-        }
+        // A refused submission (io_uring: EAGAIN, EBUSY) leaves the operations
+        // queued in the engine, and earlier ones are still in flight: nothing
+        // may be failed or freed here. Try again shortly (`run`, `drain`).
+        do { try engine.submit(); submissionPending = false } catch { submissionPending = true }
     }
 
     private func completeAvailable() {

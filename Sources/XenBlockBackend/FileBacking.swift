@@ -20,7 +20,8 @@ public enum BackingError: Error, Equatable, Sendable, CustomStringConvertible {
 /// A disk backed by a raw image file or a block device (an LVM logical
 /// volume is one): size and sector sizes read from the backing itself,
 /// flush as fdatasync, discard as a punched hole (files) or BLKDISCARD /
-/// BLKSECDISCARD (devices). Positional I/O, so several rings may share it.
+/// BLKSECDISCARD (devices). Data moves through each ring's `BlockIOEngine`
+/// on `fd` (positional I/O, so several rings may share it).
 public final class FileBacking: @unchecked Sendable {
     public let path: String
     public let fd: Int32
@@ -98,36 +99,6 @@ public final class FileBacking: @unchecked Sendable {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { buffer.deallocate() }
         return pread(fd, buffer, 512, 512) >= 0
-    }
-
-    /// Reads exactly `count` bytes at `offset` into `buffer`.
-    public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64) throws(BackingError) {
-        var done = 0
-        while done < count {
-            let n = pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))
-            if n < 0 { if errno == EINTR { continue }; throw .io(operation: "pread \(path)", errno: errno) }
-            if n == 0 {
-                // Past the end of a file that shrank: the rest reads as zeros.
-                (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: count - done)
-                return
-            }
-            done += n
-        }
-    }
-
-    /// Writes exactly `count` bytes at `offset` from `buffer`.
-    public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64) throws(BackingError) {
-        var done = 0
-        while done < count {
-            let n = pwrite(fd, buffer + done, count - done, off_t(offset) + off_t(done))
-            if n < 0 { if errno == EINTR { continue }; throw .io(operation: "pwrite \(path)", errno: errno) }
-            done += n
-        }
-    }
-
-    /// Makes every completed write durable.
-    public func flush() throws(BackingError) {
-        guard fdatasync(fd) == 0 else { throw .io(operation: "fdatasync \(path)", errno: errno) }
     }
 
     /// Discards a byte range (reads then return zeros).

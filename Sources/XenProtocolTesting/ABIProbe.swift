@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import XenProcess
 
 /// Facts about Xen's public headers as gcc lays them out, read by compiling
 /// and running tools/abi-probe/abi-probe.c against Debian's libxen-dev.
@@ -145,15 +146,7 @@ public func fuzzInputs(target: String) -> [(name: String, bytes: [UInt8])] {
 
 /// The path of product `name` built next to the running test binary
 /// (`swift build --build-tests` builds every product), nil if it is not there.
-public func builtProduct(_ name: String) -> String? {
-    var exe = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &exe, exe.count - 1)
-    guard n > 0 else { return nil }
-    let binary = String(decoding: exe.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    guard let slash = binary.lastIndex(of: "/") else { return nil }
-    let path = String(binary[..<slash]) + "/" + name
-    return access(path, X_OK) == 0 ? path : nil
-}
+public func builtProduct(_ name: String) -> String? { siblingExecutable(name) }
 
 /// A sparse temporary disk image, removed when released.
 public final class TempDisk {
