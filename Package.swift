@@ -21,6 +21,8 @@ let package = Package(
         .library(name: "XenHost", targets: ["XenHost"]),
         .library(name: "XenBlockBackend", targets: ["XenBlockBackend"]),
         .library(name: "XenBlockFrontend", targets: ["XenBlockFrontend"]),
+        .library(name: "XenNetBackend", targets: ["XenNetBackend"]),
+        .library(name: "XenNetFrontend", targets: ["XenNetFrontend"]),
         .library(name: "XenStoreCore", targets: ["XenStoreCore"]),
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenFuzzing", targets: ["XenFuzzing"]),
@@ -45,8 +47,21 @@ let package = Package(
         .target(name: "XenPlatform"),
         .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore"]),
         .target(name: "CXenUAPI"),
+        // The xenbus handshake loop every backend device kind shares.
+        .target(name: "XenBusDriver", dependencies: ["XenBus", "XenStore", .product(name: "Logging", package: "swift-log")]),
         .target(name: "XenBlockBackend", dependencies: [
-            "XenRing", "XenBlockProtocol", "XenPlatform", "XenBus", "XenStore", "CXenShims", "CXenAIO",
+            "XenBusDriver", "XenRing", "XenBlockProtocol", "XenPlatform", "XenBus", "XenStore", "CXenShims", "CXenAIO",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // TAP, bridge and namespace ioctls and libpcap (libpcap-dev) behind a small C API.
+        .target(name: "CXenNet", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("pcap")]),
+        .target(name: "XenNetBackend", dependencies: [
+            "XenBusDriver", "XenRing", "XenNetProtocol", "XenPlatform", "XenBus", "XenStore", "CXenNet", "CXenShims",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "XenNetFrontend", dependencies: ["XenRing", "XenNetProtocol", "XenNetBackend", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
+        .target(name: "XenNetTestbed", dependencies: [
+            "XenNetBackend", "XenNetFrontend", "XenSim", "XenStore", "XenPlatform",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "XenBlockFrontend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
@@ -124,6 +139,7 @@ let package = Package(
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
+        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenProtocolTesting", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

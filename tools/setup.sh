@@ -12,6 +12,11 @@ packages=(
   liburing-dev    # the block backend's io_uring engine
   fio             # the block benchmark's baseline
   lvm2            # the LVM logical volume test (a volume group on a loop device)
+  iproute2        # network tests: namespaces, bridges, veth pairs
+  ethtool         # network tests: offloads off on the peer's veth, so segmentation happens in software
+  libpcap-dev     # the network backend's pcap capture
+  tcpdump         # network tests read the pcap files back
+  iputils-ping    # network tests ping the frontend from a peer namespace
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import XenBlockProtocol
 import XenBus
+import XenBusDriver
 import XenPlatform
 import XenRing
 import XenStore
@@ -152,107 +153,15 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         try configuration.validate()
         let setup: Setup
         do { setup = try await readSetup() } catch {
-            logger.error("cannot set up the device: \(error)")
-            try? await xenstore.write(backendPath + "/hotplug-error", "\(error)")
-            try? await xenstore.write(backendPath + "/hotplug-status", "error")
+            await XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: "", logger: logger).reportSetupError(error)
             throw error
-        }
-        var machine = BackendStateMachine()
-        // A backend state of Connected left in xenstore means a previous
-        // xenbackd served this device and died without closing it. Its rings
-        // cannot be resumed (answers overwrite request slots out of order, so
-        // the ring no longer says which requests are owed): wait for the
-        // frontend to set up new rings and resubmit, as blkfront does when it
-        // recovers, instead of mapping the stale ones.
-        let previous = try await key("state").flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
-        let frontNow = try await xenstore.readIfPresent(setup.frontendPath + "/state").flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
-        var staleConnection = previous == .connected && (frontNow == .connected || frontNow == .initialised)
-        if staleConnection {
-            logger.warning("the frontend is connected to a previous backend; waiting for it to reconnect")
         }
         try await publishProbeFeatures(setup)
         logger.info("backing \(setup.backing.path) opened", metadata: [
             "sectors": "\(setup.backing.geometry.sectors)", "mode": "\(setup.readOnly ? "r" : "w")",
             "direct": "\(setup.backing.isDirect)"])
-        try await perform(machine.handle(.probed), setup: setup, machine: &machine)
-
-        let (events, feed) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        let stateWatch = try await xenstore.watch(setup.frontendPath + "/state")
-        let onlineWatch = try await xenstore.watch(backendPath + "/online")
-        let forwarders = [stateWatch.events, onlineWatch.events].map { stream in
-            Task { for await _ in stream { feed.yield() }; feed.yield() }
-        }
-        defer {
-            for f in forwarders { f.cancel() }
-            feed.finish()
-        }
-        var lastOnline: Bool?
-        do {
-            for await _ in events {
-                try Task.checkCancellation()
-                // Watches coalesce: re-read both keys every time.
-                let online = try await xenstore.readIfPresent(backendPath + "/online").map { $0 != "0" } ?? true
-                if online != lastOnline {
-                    lastOnline = online
-                    try await perform(machine.handle(.online(online)), setup: setup, machine: &machine)
-                }
-                let front = try await xenstore.readIfPresent(setup.frontendPath + "/state")
-                let event: BackendEvent = front.flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }
-                    .map { .frontendState($0) } ?? .frontendVanished
-                if staleConnection {
-                    // Ignore the old connection until the frontend starts over.
-                    if event == .frontendState(.connected) || event == .frontendState(.initialised) { continue }
-                    staleConnection = false
-                }
-                if event != .frontendState(machine.frontendState) || event == .frontendVanished {
-                    try await perform(machine.handle(event), setup: setup, machine: &machine)
-                }
-                if machine.isRemoved { break }
-            }
-        } catch {
-            await disconnect()
-            // Tell the frontend we are gone, unless the toolstack already
-            // removed the directory (writing would bring it back).
-            let stillThere = (try? await xenstore.readIfPresent(backendPath + "/frontend")) != nil
-            if machine.state != .closed && stillThere {
-                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closing.rawValue)")
-                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closed.rawValue)")
-            }
-            try? await xenstore.unwatch(setup.frontendPath + "/state", token: stateWatch.token)
-            try? await xenstore.unwatch(backendPath + "/online", token: onlineWatch.token)
-            if error is CancellationError { return }
-            throw error
-        }
-        await disconnect()
-        try? await xenstore.unwatch(setup.frontendPath + "/state", token: stateWatch.token)
-        try? await xenstore.unwatch(backendPath + "/online", token: onlineWatch.token)
-        logger.info("device removed")
-    }
-
-    private func perform(_ actions: [BackendAction], setup: Setup, machine: inout BackendStateMachine) async throws {
-        var queue = actions[...]
-        while let action = queue.popFirst() {
-            switch action {
-            case .switchState(let state):
-                try await xenstore.write(backendPath + "/state", "\(state.rawValue)")
-                logger.info("state \(state)", metadata: ["frontend": "\(machine.frontendState)"])
-            case .connect:
-                do {
-                    try await connect(setup)
-                    queue.append(contentsOf: machine.handle(.connectSucceeded))
-                } catch {
-                    logger.error("cannot connect: \(error)")
-                    queue.append(contentsOf: machine.handle(.connectFailed("\(error)")))
-                }
-            case .disconnect:
-                await disconnect()
-            case .reportError(let why):
-                logger.error("\(why)")
-                try? await xenstore.write(backendPath + "/error", why)
-            case .removeDevice:
-                break
-            }
-        }
+        let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.frontendPath, logger: logger)
+        try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() })
     }
 
     // MARK: Setup (toolstack keys)
@@ -422,7 +331,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         guard stop >= 0 else { throw BlockDeviceError.configuration("eventfd failed: errno \(errno)") }
         let logger = self.logger
         let threads = started.enumerated().map { (q, worker) in
-            WorkerThread {
+            WorkerThread(onStart: BlockBackendInstrumentation.workerThreadStarted) {
                 do { try worker.run(stopDescriptor: stop) } catch {
                     // A broken ring stops that ring only (as Linux halts it).
                     logger.error("ring \(q) stopped: \(error)")
@@ -474,44 +383,3 @@ public enum BlockBackendInstrumentation {
     static func workerThreadStarted() { workerThreadStart.withLock { $0 }?() }
 }
 
-/// A worker's own thread, awaitable from async code without blocking it.
-/// The body (and what it captured: the ring worker) is released before
-/// waiters resume, so a finished thread holds no mapping.
-final class WorkerThread: Sendable {
-    private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    private final class Body: @unchecked Sendable {
-        // Touched only by the thread.
-        var run: (@Sendable () -> Void)?
-        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-    }
-
-    init(_ body: @escaping @Sendable () -> Void) {
-        let holder = Body(body)
-        JoinableThread {
-            BlockBackendInstrumentation.workerThreadStarted()
-            holder.run?()
-            holder.run = nil
-            self.markFinished()
-        }.detach()
-    }
-
-    private func markFinished() {
-        let waiters = state.withLock { s in
-            s.done = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for w in waiters { w.resume() }
-    }
-
-    func finished() async {
-        await withCheckedContinuation { c in
-            let done = state.withLock { s in
-                if !s.done { s.waiters.append(c) }
-                return s.done
-            }
-            if done { c.resume() }
-        }
-    }
-}

@@ -5,8 +5,12 @@ public enum ToeplitzHash {
     /// Hashes `input` with `key`. Key bits past its end count as zero, as in
     /// netif.h's description, so any key length is valid.
     public static func hash(key: some Collection<UInt8>, input: some Collection<UInt8>) -> UInt32 {
-        let keyBytes = Array(key)
-        func keyByte(_ i: Int) -> UInt8 { i < keyBytes.count ? keyBytes[i] : 0 }
+        Array(key).withUnsafeBytes { k in Array(input).withUnsafeBytes { hash(key: k, input: $0) } }
+    }
+
+    /// The same over raw bytes, without allocating (the receive path).
+    public static func hash(key: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer) -> UInt32 {
+        func keyByte(_ i: Int) -> UInt8 { i < key.count ? key[i] : 0 }
         var window = UInt64(keyByte(0)) << 56 | UInt64(keyByte(1)) << 48 | UInt64(keyByte(2)) << 40
             | UInt64(keyByte(3)) << 32 | UInt64(keyByte(4)) << 24
         var result: UInt32 = 0

@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,4 +61,48 @@ private func startThread(_ body: @escaping () -> Void) -> pthread_t {
     }, box)
     precondition(rc == 0, "pthread_create failed: \(rc)")
     return thread
+}
+
+/// A worker's own thread, awaitable from async code without blocking it.
+/// The body (and what it captured: the ring worker) is released before
+/// waiters resume, so a finished thread holds no mapping.
+public final class WorkerThread: Sendable {
+    private let state = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    private final class Body: @unchecked Sendable {
+        // Touched only by the thread.
+        var run: (@Sendable () -> Void)?
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
+    /// Starts `body` on a new detached thread; `onStart` runs first on it.
+    public init(onStart: (@Sendable () -> Void)? = nil, _ body: @escaping @Sendable () -> Void) {
+        let holder = Body(body)
+        JoinableThread {
+            onStart?()
+            holder.run?()
+            holder.run = nil
+            self.markFinished()
+        }.detach()
+    }
+
+    private func markFinished() {
+        let waiters = state.withLock { s in
+            s.done = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Returns once the body has returned and been released.
+    public func finished() async {
+        await withCheckedContinuation { c in
+            let done = state.withLock { s in
+                if !s.done { s.waiters.append(c) }
+                return s.done
+            }
+            if done { c.resume() }
+        }
+    }
 }

@@ -83,6 +83,17 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
         return request
     }
 
+    /// Copies out the request at `req_cons` without consuming it (a rate
+    /// limiter's look at the next packet's size). Only for decisions that
+    /// stay safe if the frontend changes the slot before `nextRequest`
+    /// copies it again: validate that later copy, never this one.
+    @inlinable
+    public func peekRequest(before producer: RingIndex) -> Layout.Request? {
+        guard !_isHalted, _requestConsumer != producer,
+              (_requestConsumer &- _responseProducerPrivate) < size else { return nil }
+        return Layout.copyRequest(fromShared: memory.entry(_requestConsumer.rawValue & mask, entrySize: Layout.entrySize))
+    }
+
     /// Responses may still be produced: one per consumed request.
     @inlinable
     public var canProduceResponse: Bool { _responseProducerPrivate != _requestConsumer }

@@ -1,0 +1,49 @@
+import XenPlatform
+import XenStore
+import XenStoreProtocol
+
+/// The xenstore directories a toolstack writes for a virtual NIC, laid out
+/// as libxl does (frontend under the guest's device/vif, backend under the
+/// backend domain's backend/vif), in one transaction: the sim's stand-in
+/// for `xl network-attach`.
+public struct ToolstackNIC: Sendable, Equatable {
+    public let frontendPath: String
+    public let backendPath: String
+    public let frontend: DomainID
+    public let handle: Int
+    public let mac: [UInt8]
+
+    public static func create(xenstore: XenStoreClient, frontend: DomainID, backend: DomainID = .dom0, handle: Int = 0,
+                              mac: [UInt8], bridge: String?, extraBackendKeys: [String: String] = [:],
+                              extraFrontendKeys: [String: String] = [:]) async throws -> ToolstackNIC {
+        let frontendPath = "/local/domain/\(frontend.rawValue)/device/vif/\(handle)"
+        let backendPath = "/local/domain/\(backend.rawValue)/backend/vif/\(frontend.rawValue)/\(handle)"
+        let initialising = "\(XenbusState.initialising.rawValue)"
+        let macText = mac.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: ":")
+        var backendKeys: [String: String] = [
+            "frontend": frontendPath, "frontend-id": "\(frontend.rawValue)", "online": "1", "state": initialising,
+            "mac": macText, "handle": "\(handle)", "type": "vif",
+        ]
+        if let bridge { backendKeys["bridge"] = bridge }
+        backendKeys.merge(extraBackendKeys) { _, new in new }
+        var frontendKeys: [String: String] = [
+            "backend": backendPath, "backend-id": "\(backend.rawValue)", "state": initialising, "handle": "\(handle)", "mac": macText,
+        ]
+        frontendKeys.merge(extraFrontendKeys) { _, new in new }
+        try await xenstore.withTransaction { t in
+            try await xenstore.mkdir(backendPath, transaction: t)
+            try await xenstore.setPermissions(backendPath, XenStorePermissions(
+                owner: UInt32(backend.rawValue), grants: [.init(domain: UInt32(frontend.rawValue), access: .read)]), transaction: t)
+            try await xenstore.mkdir(frontendPath, transaction: t)
+            try await xenstore.setPermissions(frontendPath, XenStorePermissions(
+                owner: UInt32(frontend.rawValue), grants: [.init(domain: UInt32(backend.rawValue), access: .read)]), transaction: t)
+            for (k, v) in backendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(backendPath + "/" + k, v, transaction: t) }
+            for (k, v) in frontendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(frontendPath + "/" + k, v, transaction: t) }
+        }
+        return ToolstackNIC(frontendPath: frontendPath, backendPath: backendPath, frontend: frontend, handle: handle, mac: mac)
+    }
+
+    public func setOffline(xenstore: XenStoreClient) async throws {
+        try await xenstore.write(backendPath + "/online", "0")
+    }
+}

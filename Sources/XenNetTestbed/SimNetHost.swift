@@ -1,0 +1,142 @@
+import Logging
+import XenNetBackend
+import XenNetFrontend
+import XenPlatform
+import XenSim
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A simulated host for network devices, all in this process: the software
+/// hypervisor with dom0 and one guest, the embedded xenstored, and a
+/// xenstore connection for each side. Tests, `bench net` and `front net`
+/// build on it.
+public final class SimNetHost: @unchecked Sendable {
+    public let hypervisor = SimHypervisor()
+    public let guest: SimDomain
+    public let server: XenStoreServer
+    public let socketPath: String
+    public let backendStore: XenStoreClient
+    public let frontendStore: XenStoreClient
+    let logger: Logger
+    var nextFrame: UInt32 = 0
+
+    public init(guestID: DomainID = DomainID(7), guestPages: Int = 4096, logger: Logger? = nil) async throws {
+        var quiet = Logger(label: "xenback.testbed")
+        quiet.logLevel = .critical
+        self.logger = logger ?? quiet
+        try hypervisor.createDomain(.dom0, pages: 1)
+        guest = try hypervisor.createDomain(guestID, pages: guestPages, grantEntries: UInt32(guestPages + 64))
+        socketPath = "/tmp/xenback-xs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        server = XenStoreServer(socketPath: socketPath, logger: self.logger)
+        try await server.start()
+        backendStore = try await XenStoreClient.connect(socketPath: socketPath)
+        frontendStore = try await XenStoreClient.connect(socketPath: socketPath)
+    }
+
+    public func shutdown() async {
+        await backendStore.close()
+        await frontendStore.close()
+        try? await server.stop()
+        unlink(socketPath)
+    }
+
+    public func attachNIC(handle: Int = 0, mac: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56], bridge: String?,
+                          extraBackendKeys: [String: String] = [:], extraFrontendKeys: [String: String] = [:]) async throws -> ToolstackNIC {
+        try await ToolstackNIC.create(xenstore: backendStore, frontend: guest.id, handle: handle, mac: mac, bridge: bridge,
+                                      extraBackendKeys: extraBackendKeys, extraFrontendKeys: extraFrontendKeys)
+    }
+
+    public func startBackend(_ nic: ToolstackNIC, configuration: NetBackendConfiguration = NetBackendConfiguration())
+        -> (NetBackendDevice<SimPlatform>, Task<Void, Error>) {
+        let device = NetBackendDevice(platform: hypervisor.platform(for: .dom0), xenstore: backendStore,
+                                      backendPath: nic.backendPath, configuration: configuration, logger: logger)
+        return (device, Task { try await device.run() })
+    }
+
+    /// Connects a frontend on fresh guest frames (each NIC its own).
+    public func connect(_ nic: ToolstackNIC, options: NetFrontendOptions = NetFrontendOptions()) async throws -> NetFrontend {
+        let first = nextFrame
+        nextFrame += UInt32(options.framesNeeded)
+        return try await NetFrontend.connect(domain: guest, xenstore: frontendStore, frontendPath: nic.frontendPath,
+                                             frames: first..<nextFrame, options: options)
+    }
+}
+
+/// A private network made with iproute2 for one test or benchmark: a
+/// namespace holding a bridge (where VIFs go) and one end of a veth pair;
+/// the other end sits in a peer namespace with an address. Removed by
+/// `destroy` (and by the kernel with the namespaces).
+public final class NetworkLab: Sendable {
+    public let hostNamespace: String
+    public let peerNamespace: String
+    public let bridge = "xbr0"
+    public let hostVeth = "xveth0"
+    public let peerVeth = "xveth1"
+    public let peerIP: [UInt8]
+    public let guestIP: [UInt8]
+
+    public var namespace: NetworkNamespace { .named(hostNamespace) }
+
+    /// `softwareOffloads`: the veth on the bridge segments and checksums in
+    /// software, so the peer sees real wire frames.
+    public init(subnet: UInt8 = 77, softwareOffloads: Bool = true) throws {
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        hostNamespace = "xbh-" + tag
+        peerNamespace = "xbp-" + tag
+        peerIP = [10, subnet, 0, 1]
+        guestIP = [10, subnet, 0, 2]
+        let peer = peerIP.map(String.init).joined(separator: ".")
+        var script = """
+        set -e
+        ip netns add \(hostNamespace)
+        ip netns add \(peerNamespace)
+        ip -n \(hostNamespace) link set lo up
+        ip -n \(peerNamespace) link set lo up
+        ip -n \(hostNamespace) link add \(bridge) type bridge
+        ip -n \(hostNamespace) link set \(bridge) type bridge forward_delay 0 stp_state 0
+        ip -n \(hostNamespace) link set \(bridge) up
+        ip -n \(hostNamespace) link add \(hostVeth) type veth peer name \(peerVeth) netns \(peerNamespace)
+        ip -n \(hostNamespace) link set \(hostVeth) master \(bridge) up
+        ip -n \(peerNamespace) addr add \(peer)/24 dev \(peerVeth)
+        ip -n \(peerNamespace) link set \(peerVeth) up
+
+        """
+        if softwareOffloads {
+            script += "ip netns exec \(hostNamespace) ethtool -K \(hostVeth) tx off tso off gso off sg off >/dev/null\n"
+        }
+        let (status, output) = NetworkLab.sh(script)
+        guard status == 0 else {
+            _ = NetworkLab.sh("ip netns del \(hostNamespace) 2>/dev/null; ip netns del \(peerNamespace) 2>/dev/null")
+            throw NetworkSetupError("setting up namespaces: \(output)", errno: EIO)
+        }
+    }
+
+    public func destroy() {
+        _ = NetworkLab.sh("ip netns del \(hostNamespace) 2>/dev/null; ip netns del \(peerNamespace) 2>/dev/null")
+    }
+
+    /// Runs a shell command in the peer namespace.
+    public func inPeer(_ command: String) -> (Int32, String) {
+        NetworkLab.sh("ip netns exec \(peerNamespace) sh -c '\(command)' 2>&1")
+    }
+
+    /// Runs a shell command in the host namespace.
+    public func inHost(_ command: String) -> (Int32, String) {
+        NetworkLab.sh("ip netns exec \(hostNamespace) sh -c '\(command)' 2>&1")
+    }
+
+    public static func sh(_ command: String) -> (Int32, String) {
+        guard let pipe = popen("{ \(command)\n} 2>&1", "r") else { return (-1, "") }
+        var output = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, pipe)
+            if n == 0 { break }
+            output += buffer[0..<n]
+        }
+        let status = pclose(pipe)
+        return ((status >> 8) & 0xff, String(decoding: output, as: UTF8.self))
+    }
+}

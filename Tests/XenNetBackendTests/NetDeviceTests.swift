@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CXenNet
+import Testing
+import XenNetBackend
+import XenNetFrontend
+import XenNetProtocol
+import XenNetTestbed
+import XenPlatform
+import XenProtocolTesting
+import XenSim
+import XenStore
+
+let guestMAC: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56]
+
+/// A sim host, a private network, a VIF on its bridge and a connected
+/// frontend; torn down in order after `body`.
+func withVIF(options: NetFrontendOptions = NetFrontendOptions(), configuration: NetBackendConfiguration? = nil,
+             backendKeys: [String: String] = [:], frontendKeys: [String: String] = [:],
+             _ body: @escaping @Sendable (SimNetHost, NetworkLab, NetBackendDevice<SimPlatform>, NetFrontend) async throws -> Void) async throws {
+    let lab = try NetworkLab()
+    defer { lab.destroy() }
+    let host = try await SimNetHost()
+    var configuration = configuration ?? NetBackendConfiguration(maximumQueues: 4)
+    configuration.namespace = lab.namespace
+    let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge, extraBackendKeys: backendKeys, extraFrontendKeys: frontendKeys)
+    let (device, task) = host.startBackend(nic, configuration: configuration)
+    do {
+        let front = try await host.connect(nic, options: options)
+        try await body(host, lab, device, front)
+        #expect(try await front.close(), "every grant revocable after close")
+    } catch {
+        task.cancel()
+        _ = try? await task.value
+        await host.shutdown()
+        throw error
+    }
+    try await nic.setOffline(xenstore: host.backendStore)
+    try await task.value
+    await host.shutdown()
+}
+
+/// Frames as the peer's veth receives them, read with a packet socket in the
+/// peer namespace (a capture on the far side of the bridge).
+final class PeerCapture: @unchecked Sendable {
+    let fd: Int32
+    init(_ lab: NetworkLab) throws {
+        let ns = NetworkNamespace.named(lab.peerNamespace)
+        let name = lab.peerVeth
+        fd = try ns.run { () throws(NetworkSetupError) -> Int32 in
+            let s = CXenNet_packet_socket(name)
+            if s < 0 { throw NetworkSetupError("packet socket", errno: -s) }
+            return s
+        }
+    }
+    deinit { close(fd) }
+
+    /// Frames until `done` says stop or `timeoutMilliseconds` pass quietly.
+    func frames(timeoutMilliseconds: Int32 = 3000, until done: ([[UInt8]]) -> Bool) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        var buffer = [UInt8](repeating: 0, count: 70_000)
+        while !done(out) {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, timeoutMilliseconds) > 0 else { break }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { out.append(Array(buffer[0..<n])) }
+        }
+        return out
+    }
+}
+
+import Synchronization
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}
+
+func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: ".") }
+
+@Suite(.serialized) struct NetDeviceTests {
+    /// The peer pings the guest (the frontend answers ARP and echo), and the
+    /// guest pings the peer, across rings, netback, TAP, bridge and veth.
+    @Test func pingsBothWays() async throws {
+        try await withVIF { _, lab, device, front in
+            #expect(device.interfaceName == "vif7.0")
+            let negotiated = try #require(device.negotiation)
+            #expect(negotiated.splitEventChannels && negotiated.options.gsoTCPv4 && negotiated.options.rxNotify)
+            let queue = front.queues[0]
+            let guestIP = lab.guestIP
+            // The peer's ping runs in a child process while the guest answers.
+            let done = Flag()
+            let pinger = Task.detached {
+                defer { done.set() }
+                return lab.inPeer("ping -c 3 -i 0.2 -W 5 \(ipText(guestIP))")
+            }
+            let answered = try await offThePool { () throws -> Int in
+                try queue.serve(mac: guestMAC, ip: guestIP, idleMilliseconds: 10_000, until: { done.isSet })
+            }
+            let (status, output) = await pinger.value
+            #expect(status == 0, "peer ping: \(output)")
+            #expect(output.contains("3 received"), "\(output)")
+            #expect(answered >= 4, "ARP and three echo replies")
+
+            let replies = try await offThePool { () throws -> Int in
+                try queue.ping(from: guestMAC, ip: guestIP, to: lab.peerIP, count: 3)
+            }
+            #expect(replies == 3)
+            let stats = device.statistics
+            #expect(stats.txPackets >= 5 && stats.rxPackets >= 5 && stats.txErrors == 0)
+        }
+    }
+}
