@@ -300,6 +300,9 @@ public final class NetFrontendQueue: @unchecked Sendable {
                     NetTxSlot(NetExtraInfo.multicast(add: add, address: address))])
     }
 
+    /// Notifies the backend without pushing anything (hostile tests).
+    public func kick() throws { try events.notify(txPort) }
+
     /// Pushes slots exactly as given (hostile tests); ids are the caller's.
     public func pushRaw(_ slots: [NetTxSlot]) throws {
         try pushTx(slots)

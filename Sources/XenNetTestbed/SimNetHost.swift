@@ -140,3 +140,24 @@ public final class NetworkLab: Sendable {
         return ((status >> 8) & 0xff, String(decoding: output, as: UTF8.self))
     }
 }
+
+extension NetworkLab {
+    /// A plain TAP on the bridge that tests and the benchmark write frames
+    /// into (virtio-net header first) and read frames from: the host side
+    /// of the network without any rings.
+    public func injector(name: String = "xinj0") throws -> TapDevice {
+        let tap = try TapDevice(name: name, namespace: namespace)
+        try tap.setOffloads(checksum: true, tcpv4: true, tcpv6: true)
+        try tap.configure(mtu: nil, mac: nil, up: true, bridge: bridge)
+        return tap
+    }
+}
+
+extension TapDevice {
+    /// Writes one frame with a virtio-net header.
+    public func inject(_ frame: [UInt8], header: VirtioNetHeader = VirtioNetHeader(), queue: Int = 0) -> Bool {
+        var bytes = [UInt8](repeating: 0, count: VirtioNetHeader.size) + frame
+        bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+        return write(queueDescriptors[queue], bytes, bytes.count) == bytes.count
+    }
+}
