@@ -315,7 +315,8 @@ public final class NetFrontendQueue: @unchecked Sendable {
 
     private func awaitTxRoom(_ needed: Int) throws {
         while freeTxIDs.count < needed || Int(txRing.freeRequests) < needed {
-            if try !reapTx() {
+            // The final check asks for an event on the next response before sleeping.
+            if try !reapTx() && !txRing.finalCheckForResponses() {
                 guard events.wait(timeoutMilliseconds: 10_000) else { throw NetFrontendError.timeout("transmit responses") }
                 try drainEvents()
             }
@@ -329,7 +330,7 @@ public final class NetFrontendQueue: @unchecked Sendable {
         var any = false
         while let r = txRing.nextResponse(before: producer) {
             any = true
-            txResponses.append(r)
+            if txResponses.count < 4096 { txResponses.append(r) }
             if r.status != NetStatus.null && Int(r.id) < txFrames.count && !freeTxIDs.contains(r.id) { freeTxIDs.append(r.id) }
         }
         return any
@@ -347,6 +348,16 @@ public final class NetFrontendQueue: @unchecked Sendable {
     }
 
     public func clearTxResponses() { txResponses = [] }
+
+    /// Waits until every transmit id is back (all sent frames answered).
+    public func awaitTransmitIdle(timeoutMilliseconds: Int32 = 10_000) throws {
+        while freeTxIDs.count < txFrames.count {
+            if try reapTx() { continue }
+            if txRing.finalCheckForResponses() { continue }
+            guard events.wait(timeoutMilliseconds: timeoutMilliseconds) else { throw NetFrontendError.timeout("transmit responses") }
+            try drainEvents()
+        }
+    }
 
     func drainEvents() throws {
         let n = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
