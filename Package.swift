@@ -118,6 +118,7 @@ let package = Package(
             name: "xenback",
             dependencies: [
                 "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenProcess", "CXenShims",
+                "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

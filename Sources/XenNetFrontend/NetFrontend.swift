@@ -469,3 +469,106 @@ public final class NetFrontendControl: @unchecked Sendable {
         }
     }
 }
+
+// MARK: Load generation (benchmarks)
+
+extension NetFrontendQueue {
+    /// Sends `frame` over and over until `deadline` (monotonic ns), as a
+    /// packet generator would: every transmit page holds the frame once,
+    /// so each send is only ring work. Frames over a page go as one slot per
+    /// page with a GSO extra. Returns the frames answered OKAY. Allocates
+    /// nothing per frame.
+    public func blast(_ frame: [UInt8], gso: (size: UInt16, type: UInt8)? = nil, checksumBlank: Bool = false,
+                      until deadline: Int) throws -> Int {
+        let pages = (frame.count + 4095) / 4096
+        precondition(pages <= txFrames.count / 2, "frame too large to blast")
+        // Page k of every packet is transmit page k (+ pages * j): fill each once.
+        for id in 0..<txFrames.count {
+            let part = id % pages
+            let start = part * 4096, count = min(4096, frame.count - start)
+            frame.withUnsafeBytes { txPage(UInt16(id)).copyMemory(from: $0.baseAddress! + start, byteCount: count) }
+        }
+        let slotsPerFrame = pages + (gso == nil ? 0 : 1)
+        let groups = txFrames.count / pages
+        var freeGroups = [Int](0..<groups)
+        freeGroups.reserveCapacity(groups)
+        var answered = 0
+        var inFlight = 0
+        while true {
+            // Take answers: a group comes back with the response to its first page.
+            let producer = try txRing.readResponseProducer()
+            while let r = txRing.nextResponse(before: producer) {
+                guard r.status != NetStatus.null, Int(r.id) % pages == 0 else { continue }
+                freeGroups.append(Int(r.id) / pages)
+                inFlight -= 1
+                if r.status == NetStatus.okay { answered += 1 }
+            }
+            if monotonicNanoseconds() >= deadline { break }
+            var produced = false
+            while let group = freeGroups.last, Int(txRing.freeRequests) >= slotsPerFrame {
+                freeGroups.removeLast()
+                for p in 0..<pages {
+                    let id = UInt16(group * pages + p)
+                    var flags: NetTxFlags = p + 1 < pages ? [.moreData] : []
+                    if p == 0 {
+                        if checksumBlank { flags.formUnion([.checksumBlank, .dataValidated]) }
+                        if gso != nil { flags.insert(.extraInfo) }
+                    }
+                    let size = p == 0 ? frame.count : min(4096, frame.count - p * 4096)
+                    txRing.produceRequest(NetTxSlot(NetTxRequest(grant: txGrants[Int(id)].rawValue, offset: 0, flags: flags, id: id, size: UInt16(size))))
+                    if p == 0, let gso { txRing.produceRequest(NetTxSlot(NetExtraInfo.gso(size: gso.size, type: gso.type))) }
+                }
+                inFlight += 1
+                produced = true
+            }
+            if produced {
+                if txRing.pushRequests() { try events.notify(txPort) }
+                continue
+            }
+            if txRing.finalCheckForResponses() { continue }
+            _ = events.wait(timeoutMilliseconds: 10)
+            try drainEvents()
+        }
+        // Let what is in flight finish, so the next user finds every id free.
+        while inFlight > 0 {
+            let producer = try txRing.readResponseProducer()
+            while let r = txRing.nextResponse(before: producer) {
+                guard r.status != NetStatus.null, Int(r.id) % pages == 0 else { continue }
+                inFlight -= 1
+                if r.status == NetStatus.okay { answered += 1 }
+            }
+            if inFlight > 0 && !txRing.finalCheckForResponses() {
+                guard events.wait(timeoutMilliseconds: 10_000) else { throw NetFrontendError.timeout("transmit responses") }
+                try drainEvents()
+            }
+        }
+        return answered
+    }
+
+    /// Takes received frames until `deadline` without looking at them
+    /// (a sink), reposting buffers; returns (frames, bytes).
+    public func sink(until deadline: Int) throws -> (frames: Int, bytes: Int) {
+        var frames = 0, bytes = 0
+        while monotonicNanoseconds() < deadline {
+            let producer = try rxRing.readResponseProducer()
+            var any = false
+            var extras = false
+            while let slot = rxRing.nextResponse(before: producer) {
+                any = true
+                if extras { extras = slot.extraInfo.hasMore; continue }
+                let r = slot.response
+                if r.flags.contains(.extraInfo) { extras = true }
+                if r.status > 0 { bytes += Int(r.status) }
+                if !r.flags.contains(.moreData) { frames += 1 }
+            }
+            if any {
+                try postReceiveBuffers()
+                continue
+            }
+            if rxRing.finalCheckForResponses() { continue }
+            _ = events.wait(timeoutMilliseconds: 10)
+            try drainEvents()
+        }
+        return (frames, bytes)
+    }
+}
