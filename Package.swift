@@ -73,14 +73,14 @@ let package = Package(
         .target(name: "XenProcess"),
         // The daemon's logic (device discovery, lifecycle), testable in-process.
         .target(name: "XenBackendDaemon", dependencies: [
-            "XenBlockBackend", "XenPlatform", "XenStore",
+            "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenStore",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "xenbackd", dependencies: [
-            "XenBackendDaemon", "XenBlockBackend", "XenHost", "XenSim", "XenStore", "XenPlatform",
+            "XenBackendDaemon", "XenBlockBackend", "XenNetBackend", "XenHost", "XenSim", "XenStore", "XenPlatform",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -118,7 +118,7 @@ let package = Package(
             name: "xenback",
             dependencies: [
                 "XenRingBenchmark", "XenStore", "XenSim", "XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenProcess", "CXenShims",
-                "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol",
+                "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenStoreProtocol", "XenNetProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,7 +139,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
-        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
+        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
         .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenProtocolTesting", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),

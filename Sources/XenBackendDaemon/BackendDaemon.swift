@@ -2,26 +2,37 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import XenBlockBackend
+import XenNetBackend
 import XenPlatform
 import XenStore
 
 /// The dom0 (or driver-domain) service: watches this domain's
-/// `backend/vbd` tree as the toolstack lays it out and runs a
-/// `BlockBackendDevice` for every device directory, the job `xl devd` does.
+/// `backend/vbd` and `backend/vif` trees as the toolstack lays them out and
+/// runs a `BlockBackendDevice` or `NetBackendDevice` for every device
+/// directory, the job `xl devd` does.
 /// Devices come and go with their directories; on graceful shutdown
 /// (SIGTERM) every device drains its rings and goes Closing → Closed.
 public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sendable {
     let platform: Platform
     let xenstore: XenStoreClient
     private let block: Mutex<BlockBackendConfiguration>
+    private let net: Mutex<NetBackendConfiguration>
     let logger: Logger
+    /// `backend/vbd`: block devices.
     public let backendRoot: String
+    /// `backend/vif`: network interfaces.
+    public let netRoot: String
 
-    /// A device directory we serve, by "domid/devid".
+    enum Device {
+        case block(BlockBackendDevice<Platform>)
+        case net(NetBackendDevice<Platform>)
+    }
+
+    /// A device directory we serve, by "vbd/domid/devid" or "vif/domid/handle".
     struct Served {
-        var device: BlockBackendDevice<Platform>
+        var device: Device
         var task: Task<Void, Never>
-        var metrics: BlockDeviceMetrics
+        var metrics: any DeviceMetrics
         var finished = false
     }
     private let served = Mutex<[String: Served]>([:])
@@ -34,7 +45,9 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     public var onReady: (@Sendable () -> Void)?
 
     public init(platform: Platform, xenstore: XenStoreClient, block: BlockBackendConfiguration = BlockBackendConfiguration(),
+                net: NetBackendConfiguration = NetBackendConfiguration(),
                 metricsInterval: Duration = .seconds(1), onMetricsUpdated: (@Sendable () -> Void)? = nil, logger: Logger) {
+        self.net = Mutex(net)
         self.metricsInterval = metricsInterval
         self.onMetricsUpdated = onMetricsUpdated
         self.platform = platform
@@ -42,7 +55,10 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         self.block = Mutex(block)
         self.logger = logger
         backendRoot = "/local/domain/\(platform.backendDomain.rawValue)/backend/vbd"
+        netRoot = "/local/domain/\(platform.backendDomain.rawValue)/backend/vif"
     }
+
+    func root(_ kind: Substring) -> String { kind == "vif" ? netRoot : backendRoot }
 
     /// New settings for devices added from now on (SIGHUP); devices already
     /// connected keep what they negotiated.
@@ -52,18 +68,43 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
                                                          "persistent-grants": "\(configuration.maximumPersistentGrants)"])
     }
 
+    /// New network settings for interfaces added from now on.
+    public func reconfigure(net configuration: NetBackendConfiguration) {
+        net.withLock { $0 = configuration }
+        logger.info("network configuration reloaded", metadata: ["max-queues": "\(configuration.maximumQueues)"])
+    }
+
     public var blockConfiguration: BlockBackendConfiguration { block.withLock { $0 } }
+    public var netConfiguration: NetBackendConfiguration { net.withLock { $0 } }
 
     /// The block devices being served, by "domid/devid".
     public var blockDevices: [String: BlockBackendDevice<Platform>] {
-        served.withLock { $0.filter { !$0.value.finished }.mapValues(\.device) }
+        served.withLock { s in
+            var out: [String: BlockBackendDevice<Platform>] = [:]
+            for (key, d) in s where !d.finished { if case .block(let b) = d.device { out[String(key.dropFirst(4))] = b } }
+            return out
+        }
+    }
+
+    /// The network interfaces being served, by "domid/handle".
+    public var netDevices: [String: NetBackendDevice<Platform>] {
+        served.withLock { s in
+            var out: [String: NetBackendDevice<Platform>] = [:]
+            for (key, d) in s where !d.finished { if case .net(let n) = d.device { out[String(key.dropFirst(4))] = n } }
+            return out
+        }
     }
 
     /// Brings every device's metrics up to date (the daemon calls it each
     /// `metricsInterval`; tests may call it directly).
     public func updateMetrics() {
         served.withLock { s in
-            for (_, d) in s { d.metrics.update(d.device.statistics, connected: d.device.negotiation != nil) }
+            for (_, d) in s {
+                switch d.device {
+                case .block(let b): (d.metrics as? BlockDeviceMetrics)?.update(b.statistics, connected: b.negotiation != nil)
+                case .net(let n): (d.metrics as? NetDeviceMetrics)?.update(n.statistics, connected: n.negotiation != nil)
+                }
+            }
         }
     }
 
@@ -76,31 +117,39 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             }
         }
         defer { metricsTask.cancel() }
-        let watch = try await xenstore.watch(backendRoot)
-        logger.info("serving \(backendRoot)")
+        let blockWatch = try await xenstore.watch(backendRoot)
+        let netWatch = try await xenstore.watch(netRoot)
+        let (events, feed) = AsyncStream.makeStream(of: String.self)
+        let forwarders = [blockWatch.events, netWatch.events].map { stream in
+            Task { for await event in stream { feed.yield(event.path) } }
+        }
+        defer { for f in forwarders { f.cancel() } }
+        logger.info("serving \(backendRoot) and \(netRoot)")
         onReady?()
         await withGracefulShutdownHandler {
-            // The watch covers the whole subtree, so every key a device
-            // writes fires it: only paths that can add or remove a device
-            // (a domain or device directory, a `frontend` key) make us look
+            // The watches cover whole subtrees, so every key a device writes
+            // fires them: only paths that can add or remove a device (a
+            // domain or device directory, a `frontend` key) make us look
             // again, else 64 devices connecting would cost 64² reads.
-            for await event in watch.events {
+            for await path in events {
                 if Task.isCancelled { break }
-                guard Self.mayChangeDevices(event.path, root: backendRoot) else { continue }
+                guard Self.mayChangeDevices(path, root: backendRoot) && Self.mayChangeDevices(path, root: netRoot) else { continue }
                 do { try await reconcile() } catch {
-                    logger.error("cannot read \(backendRoot): \(error)")
+                    logger.error("cannot read the backend directories: \(error)")
                 }
             }
         } onGracefulShutdown: {
-            Task { try? await self.xenstore.unwatch(self.backendRoot, token: watch.token) }
+            feed.finish()
         }
-        try? await xenstore.unwatch(backendRoot, token: watch.token)
+        feed.finish()
+        try? await xenstore.unwatch(backendRoot, token: blockWatch.token)
+        try? await xenstore.unwatch(netRoot, token: netWatch.token)
         await stopAll()
         logger.info("stopped")
     }
 
     static func mayChangeDevices(_ path: String, root: String) -> Bool {
-        guard path.hasPrefix(root) else { return true }  // the initial event, or root itself
+        guard path.hasPrefix(root + "/") else { return true }  // the initial event, root itself, or another tree
         let below = path.dropFirst(root.count).split(separator: "/")
         return below.count <= 2 || (below.count == 3 && below[2] == "frontend")
     }
@@ -109,11 +158,14 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     /// directory is gone.
     func reconcile() async throws {
         var present: Set<String> = []
-        for domain in (try? await xenstore.directory(backendRoot)) ?? [] {
-            for devid in (try? await xenstore.directory(backendRoot + "/" + domain)) ?? [] {
-                // A directory the toolstack is still filling has no frontend key yet.
-                if try await xenstore.readIfPresent("\(backendRoot)/\(domain)/\(devid)/frontend") != nil {
-                    present.insert("\(domain)/\(devid)")
+        for kind in ["vbd", "vif"] {
+            let root = self.root(kind[...])
+            for domain in (try? await xenstore.directory(root)) ?? [] {
+                for devid in (try? await xenstore.directory(root + "/" + domain)) ?? [] {
+                    // A directory the toolstack is still filling has no frontend key yet.
+                    if try await xenstore.readIfPresent("\(root)/\(domain)/\(devid)/frontend") != nil {
+                        present.insert("\(kind)/\(domain)/\(devid)")
+                    }
                 }
             }
         }
@@ -133,13 +185,29 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     private func start(_ key: String) {
         var deviceLogger = logger
         let parts = key.split(separator: "/")
-        deviceLogger[metadataKey: "domid"] = .string(String(parts[0]))
-        deviceLogger[metadataKey: "devid"] = .string(String(parts[1]))
-        let device = BlockBackendDevice(platform: platform, xenstore: xenstore, backendPath: backendRoot + "/" + key,
-                                        configuration: block.withLock { $0 }, logger: deviceLogger)
+        let (kind, domid, devid) = (parts[0], String(parts[1]), String(parts[2]))
+        deviceLogger[metadataKey: "domid"] = .string(domid)
+        deviceLogger[metadataKey: kind == "vif" ? "handle" : "devid"] = .string(devid)
+        let path = root(kind) + "/" + domid + "/" + devid
+        let device: Device
+        let metrics: any DeviceMetrics
+        let run: @Sendable () async throws -> Void
+        if kind == "vif" {
+            let nic = NetBackendDevice(platform: platform, xenstore: xenstore, backendPath: path,
+                                       configuration: net.withLock { $0 }, logger: deviceLogger)
+            device = .net(nic)
+            metrics = NetDeviceMetrics(domid: domid, handle: devid)
+            run = { try await nic.run() }
+        } else {
+            let disk = BlockBackendDevice(platform: platform, xenstore: xenstore, backendPath: path,
+                                          configuration: block.withLock { $0 }, logger: deviceLogger)
+            device = .block(disk)
+            metrics = BlockDeviceMetrics(domid: domid, devid: devid)
+            run = { try await disk.run() }
+        }
         let task = Task { [logger = deviceLogger] in
             do {
-                try await device.run()
+                try await run()
                 logger.info("device finished")
             } catch {
                 // Already reported in hotplug-error / error by the device.
@@ -149,9 +217,8 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             // device is not restarted in a loop.
             self.served.withLock { $0[key]?.finished = true }
         }
-        let metrics = BlockDeviceMetrics(domid: String(parts[0]), devid: String(parts[1]))
         served.withLock { $0[key] = Served(device: device, task: task, metrics: metrics) }
-        logger.info("device added", metadata: ["domid": "\(parts[0])", "devid": "\(parts[1])"])
+        logger.info("device added", metadata: ["kind": "\(kind)", "domid": "\(domid)", "devid": "\(devid)"])
     }
 
     /// Cancels every device (each drains and closes) and waits for them.

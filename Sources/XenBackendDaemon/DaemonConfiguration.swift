@@ -1,5 +1,6 @@
 import Foundation
 import XenBlockBackend
+import XenNetBackend
 
 /// xenbackd's configuration file (JSON). Every key is optional; command-line
 /// flags override it. Unknown keys and values of the wrong type or out of
@@ -11,6 +12,9 @@ import XenBlockBackend
 /// { "block": { "engine": "libaio", "maxQueues": 4, "maxRingPageOrder": 4,
 ///              "maxIndirectSegments": 256, "persistentGrants": 4096,
 ///              "directIO": true, "pollMicroseconds": 0 },
+///   "net": { "maxQueues": 2, "captureDirectory": "/var/lib/xenback/pcap",
+///            "namespace": "/var/run/netns/guests", "receiveQueueBytes": 524288,
+///            "stallMilliseconds": 60000 },
 ///   "metrics": { "file": "/var/lib/node_exporter/xenback.prom" },
 ///   "log": { "level": "info" } }
 /// ```
@@ -24,6 +28,13 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var directIO: Bool?
         public var pollMicroseconds: Int?
     }
+    public struct Net: Codable, Sendable, Equatable {
+        public var maxQueues: Int?
+        public var captureDirectory: String?
+        public var namespace: String?
+        public var receiveQueueBytes: Int?
+        public var stallMilliseconds: Int?
+    }
     public struct Metrics: Codable, Sendable, Equatable {
         public var file: String?
     }
@@ -31,13 +42,15 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var level: String?
     }
     public var block: Block?
+    public var net: Net?
     public var metrics: Metrics?
     public var log: Log?
 
     public init() {}
 
     static let knownKeys: [String: Set<String>] = [
-        "": ["block", "metrics", "log"],
+        "": ["block", "net", "metrics", "log"],
+        "net": ["maxQueues", "captureDirectory", "namespace", "receiveQueueBytes", "stallMilliseconds"],
         "block": ["engine", "maxQueues", "maxRingPageOrder", "maxIndirectSegments", "persistentGrants", "directIO", "pollMicroseconds"],
         "metrics": ["file"],
         "log": ["level"],
@@ -76,6 +89,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             throw .malformed(source: source, reason: "\(error)")
         }
         _ = try configuration.blockConfiguration(source: source)
+        _ = try configuration.netConfiguration(source: source)
         if let level = configuration.log?.level, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) {
             throw .badValue(source: source, key: "log.level", reason: "\"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
         }
@@ -110,6 +124,35 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = b.pollMicroseconds { c.pollMicroseconds = v }
         do { try c.validate() } catch {
             throw .badValue(source: source, key: "block", reason: "\(error)")
+        }
+        return c
+    }
+}
+
+extension DaemonConfiguration {
+    /// The network settings over `base` (the built-in defaults unless given).
+    public func netConfiguration(over base: NetBackendConfiguration = NetBackendConfiguration(),
+                                 source: String = "configuration") throws(ConfigurationError) -> NetBackendConfiguration {
+        var c = base
+        guard let n = net else { return c }
+        if let v = n.maxQueues { c.maximumQueues = v }
+        if let v = n.captureDirectory {
+            var st = stat()
+            guard stat(v, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+                throw .badValue(source: source, key: "net.captureDirectory", reason: "\"\(v)\" is not a directory")
+            }
+            c.captureDirectory = v
+        }
+        if let v = n.namespace {
+            guard access(v, R_OK) == 0 else {
+                throw .badValue(source: source, key: "net.namespace", reason: "\"\(v)\" does not exist (ip netns add NAME makes /var/run/netns/NAME)")
+            }
+            c.namespace = NetworkNamespace(path: v)
+        }
+        if let v = n.receiveQueueBytes { c.receiveQueueBytes = v }
+        if let v = n.stallMilliseconds { c.receiveStallMilliseconds = v }
+        do { try c.validate() } catch {
+            throw .badValue(source: source, key: "net", reason: "\(error)")
         }
         return c
     }

@@ -86,7 +86,11 @@ public final class NetFrontend: @unchecked Sendable {
 
     public static func connect(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
                                options requested: NetFrontendOptions = NetFrontendOptions(),
+                               openEventChannels: (() throws -> any GuestEventChannelDevice)? = nil,
                                timeout: Duration = .seconds(30)) async throws -> NetFrontend {
+        // In-process guests use the hypervisor directly; a guest in another
+        // process passes its SimClient's device.
+        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
         guard let backendPath = try await xenstore.readIfPresent(frontendPath + "/backend"),
               let backendIDText = try await xenstore.readIfPresent(frontendPath + "/backend-id"),
               let backendID = UInt16(backendIDText) else {
@@ -115,12 +119,12 @@ public final class NetFrontend: @unchecked Sendable {
         let backend = DomainID(backendID)
         var queues: [NetFrontendQueue] = []
         for q in 0..<options.queues {
-            queues.append(try NetFrontendQueue(index: q, domain: domain, backend: backend, events: try domain.openEventChannels(),
+            queues.append(try NetFrontendQueue(index: q, domain: domain, backend: backend, events: try openEvents(),
                                                split: options.splitEventChannels, ringFrames: take(2),
                                                txFrames: take(256), rxFrames: take(256)))
         }
         let control = options.controlRing
-            ? try NetFrontendControl(domain: domain, backend: backend, events: try domain.openEventChannels(), frames: take(2)) : nil
+            ? try NetFrontendControl(domain: domain, backend: backend, events: try openEvents(), frames: take(2)) : nil
         try await xenstore.withTransaction { t in
             func put(_ key: String, _ value: String) async throws { try await xenstore.write(frontendPath + "/" + key, value, transaction: t) }
             for (q, queue) in queues.enumerated() {

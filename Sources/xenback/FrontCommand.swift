@@ -15,7 +15,7 @@ struct FrontCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "front",
         abstract: "The Swift frontends (test drivers) against a backend.",
-        subcommands: [BlockFrontCommand.self])
+        subcommands: [BlockFrontCommand.self, NetFrontCommand.self])
 }
 
 extension BlockProtocolABI: ExpressibleByArgument {}

@@ -112,7 +112,7 @@ struct NetBenchCommand: AsyncParsableCommand {
             // TAP's own (frames to a port's own address go to the bridge itself).
             // Each receiver announces its MAC, so the bridge sends to it alone.
             _ = sinkTap.inject(Frames.arpRequest(senderMAC: sinkMAC, senderIP: [10, 77, 0, 9], targetIP: lab.peerIP))
-            try await offThePoolThread { try queue.send(Frames.arpRequest(senderMAC: benchGuestMAC, senderIP: lab.guestIP, targetIP: lab.peerIP)) }
+            _ = try await onOwnThread { try queue.send(Frames.arpRequest(senderMAC: benchGuestMAC, senderIP: lab.guestIP, targetIP: lab.peerIP)) }
             var header = VirtioNetHeader()
             if gso { header = gsoHeader() }
             let toSink = benchFrame(lab, to: sinkMAC, size: frameBytes!, gso: gso)
@@ -235,15 +235,6 @@ private func pinGenerator() { if CXenShims_available_cpus() >= 2 { _ = CXenShims
 private func pinReceiver() { if CXenShims_available_cpus() >= 2 { _ = CXenShims_pin_current_thread(1) } }
 
 private let benchGuestMAC: [UInt8] = [0x00, 0x16, 0x3E, 0x62, 0x65, 0x6E]
-
-/// Runs blocking frontend work on a thread of its own.
-func offThePoolThread(_ body: @escaping @Sendable () throws -> Void) async throws {
-    let outcome = OneResult<Void>()
-    let group = ThreadGroup()
-    group.spawn { outcome.value = Result { try body() } }
-    group.joinAll()
-    try outcome.value!.get()
-}
 
 extension TapDevice {
     /// Writes `frame` (with `header`) as fast as it can until `deadline`;

@@ -6,6 +6,7 @@ import ServiceLifecycle
 import UnixSignals
 import XenBackendDaemon
 import XenBlockBackend
+import XenNetBackend
 import XenHost
 import XenPlatform
 import XenSim
@@ -22,9 +23,11 @@ extension Logger.Level: ExpressibleByArgument {}
 struct XenbackdCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenbackd",
-        abstract: "The xenback dom0 service: serves the block devices the toolstack lays out in xenstore.",
+        abstract: "The xenback dom0 service: serves the block devices and network interfaces the toolstack lays out in xenstore.",
         discussion: """
-        Watches /local/domain/<domain>/backend/vbd and serves every device directory there, as \
+        Watches /local/domain/<domain>/backend/vbd and backend/vif and serves every device \
+        directory there (a disk; a VIF as a TAP named vif<domid>.<handle> on the bridge its \
+        `bridge` key names), as \
         `xl devd` does in a driver domain. SIGTERM or SIGINT: every ring drains, every device \
         goes Closing then Closed, exit 0. On real Xen (--platform host, or auto with /dev/xen \
         present) it uses /dev/xen/gntdev, /dev/xen/evtchn and xenstored; with --platform sim it \
@@ -55,6 +58,12 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "Persistent grants kept mapped per ring (0 turns the feature off; default 4096).")
     var persistentGrants: Int?
 
+    @Option(help: "multi-queue-max-queues to offer network frontends (default: online CPUs, at most 8).")
+    var netMaxQueues: Int?
+
+    @Option(help: "Capture every VIF's frames to <directory>/<vif name>.pcap.")
+    var captureDirectory: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: Logger.Level?
 
@@ -81,8 +90,26 @@ struct XenbackdCommand: AsyncParsableCommand {
         return c
     }
 
+    /// Built-in defaults, then the file, then the flags.
+    func netConfiguration(_ file: DaemonConfiguration) throws(ConfigurationError) -> NetBackendConfiguration {
+        var c = try file.netConfiguration(source: config ?? Self.defaultConfigPath)
+        if let netMaxQueues { c.maximumQueues = netMaxQueues }
+        if let captureDirectory {
+            guard access(captureDirectory, W_OK) == 0 else {
+                throw .badValue(source: "command line", key: "--capture-directory", reason: "\(captureDirectory) is not a writable directory")
+            }
+            c.captureDirectory = captureDirectory
+        }
+        do { try c.validate() } catch { throw .badValue(source: "command line", key: "net", reason: "\(error)") }
+        return c
+    }
+
     func validate() throws {
-        do { _ = try blockConfiguration(try loadFile()) } catch { throw ValidationError("\(error)") }
+        do {
+            let file = try loadFile()
+            _ = try blockConfiguration(file)
+            _ = try netConfiguration(file)
+        } catch { throw ValidationError("\(error)") }
         if platform.resolved() == .sim && simSocket == nil {
             throw ValidationError("--platform sim needs --sim-socket (the control socket of `xenback sim serve`)")
         }
@@ -97,6 +124,7 @@ struct XenbackdCommand: AsyncParsableCommand {
             return handler
         }
         let blockConfiguration = try blockConfiguration(file)
+        let netConfiguration = try netConfiguration(file)
         let metricsFile = self.metricsFile ?? file.metrics?.file
         let logger = Logger(label: "xenbackd")
         let registry = PrometheusCollectorRegistry()
@@ -111,11 +139,11 @@ struct XenbackdCommand: AsyncParsableCommand {
             let client = try SimClient(socketPath: simSocket!)
             let xenstore = try await client.xenstore(as: backend)
             try await serve(BackendDaemon(platform: client.platform(backend: backend), xenstore: xenstore,
-                                          block: blockConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
+                                          block: blockConfiguration, net: netConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
         case .host:
             let xenstore = try await XenStoreClient.connectToSystem()
             try await serve(BackendDaemon(platform: try HostPlatform(backendDomain: backend), xenstore: xenstore,
-                                          block: blockConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
+                                          block: blockConfiguration, net: netConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
         }
     }
 
@@ -140,7 +168,12 @@ struct XenbackdCommand: AsyncParsableCommand {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let reload = Task {
             for await _ in hangups {
-                do { daemon.reconfigure(block: try blockConfiguration(try loadFile())) } catch {
+                do {
+                    let file = try loadFile()
+                    let (block, net) = (try blockConfiguration(file), try netConfiguration(file))
+                    daemon.reconfigure(block: block)
+                    daemon.reconfigure(net: net)
+                } catch {
                     logger.error("configuration not reloaded: \(error)")
                 }
             }
