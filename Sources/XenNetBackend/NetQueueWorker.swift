@@ -102,6 +102,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
     // Guest transmit.
     static var packetStride: Int { 69_632 }  // virtio header + 64 KiB, page multiple
     static var transmitBatch: Int { 64 }
+    static var transmitBatchBytes: Int { 256 * 1024 }
     struct TxPacket {
         var firstResponse = 0
         /// Extra-info slots after the first (answered NULL).
@@ -361,11 +362,14 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         do { producer = try txRing.readRequestProducer() } catch { throw .ring(error) }
         var packets = 0
         var copies = 0
+        var bytes = 0
         txResponseCount = 0
         var fatal: NetBackendError?
         // Bounded: at most `transmitBatch` packets, each at most the slots
         // published, which readRequestProducer checked against the ring size.
-        while packets < Self.transmitBatch, fatal == nil {
+        // Large packets end a batch early: their buffers then stay in cache
+        // between the copy in and the write out.
+        while packets < Self.transmitBatch, bytes < Self.transmitBatchBytes, fatal == nil {
             guard let peek = txRing.peekRequest(before: producer) else {
                 // Requests published since the pass began join this batch.
                 if txRing.unconsumedRequests() > 0, let p = try? txRing.readRequestProducer(), p != producer {
@@ -388,6 +392,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                 txPackets[packets] = packet
                 packets += 1
                 copies += packet.copyCount
+                bytes += packet.length
                 if options.rate != nil { txCredit -= packet.length }
             case .answered:
                 break
