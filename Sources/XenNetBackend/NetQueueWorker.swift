@@ -300,7 +300,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                 continue
             }
             if rxCount > 0 {
-                if receiveCanProgress() { continue }
+                if receiveFinalCheck() { continue }
                 // Waiting for buffers: a notification (rx-notify) or a look
                 // now and then decides; the drain and stall clocks too.
                 let wait: Int32 = options.rxNotify ? 100 : 10
@@ -699,6 +699,16 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                 (ToeplitzHash.hash(key: k, input: UnsafeRawBufferPointer(rebasing: inp[0..<count])), type)
             }
         }
+    }
+
+    /// Before sleeping with packets queued: asks the frontend for an event
+    /// once the head packet's buffers are posted, then looks once more (a
+    /// pass may end on its budget with req_event left behind).
+    private func receiveFinalCheck() -> Bool {
+        guard rxCount > 0, !rxRing.isHalted else { return false }
+        if receiveCanProgress() { return true }
+        rxRing.requestEvent(after: UInt32(rxEntries[rxHead].slotsNeeded))
+        return receiveCanProgress()
     }
 
     /// Whether the head packet could be delivered now.

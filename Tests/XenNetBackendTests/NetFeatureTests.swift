@@ -76,6 +76,44 @@ func awaitCarrier(_ lab: NetworkLab, _ name: String, _ on: Bool) async throws ->
         }
     }
 
+    /// A backend that filled every posted buffer with packets still queued
+    /// must ask to be told when buffers come back (req_event just past its
+    /// consumer), even when its pass ended on its budget: else the repost
+    /// is silent and the queue waits for a timeout (a lost wakeup the rx
+    /// benchmark found).
+    @Test func fullRingAsksForTheNextBuffer() async throws {
+        try await withVIF { host, lab, device, front in
+            let injector = try lab.injector()
+            for i in 0..<300 { _ = injector.inject(hostFrame(lab, sourcePort: 30_000 + i)) }
+            let delivered = try await offThePool { () -> UInt64 in
+                for _ in 0..<500 where device.statistics.rxPackets < 256 { usleep(10_000) }
+                return device.statistics.rxPackets
+            }
+            #expect(delivered == 256)
+            // Queue 0's receive ring is the frontend's second guest frame.
+            let requestEvent = try await offThePool { () -> UInt32 in
+                let ring = host.guest.page(1)
+                for _ in 0..<500 {
+                    let event = ring.load(fromByteOffset: 4, as: UInt32.self)
+                    if event == 257 { return event }
+                    usleep(10_000)
+                }
+                return ring.load(fromByteOffset: 4, as: UInt32.self)
+            }
+            #expect(requestEvent == 257, "req_event is the next buffer's index")
+            let queue = front.queues[0]
+            let taken = try await offThePool { () throws -> Int in
+                var n = 0
+                while let f = try queue.receive(timeoutMilliseconds: 2000) {
+                    if let p = sourcePort(f.bytes), (30_000..<30_300).contains(p) { n += 1 }
+                    if n == 300 { break }
+                }
+                return n
+            }
+            #expect(taken == 300)
+        }
+    }
+
     /// Multicast control: multicast frames reach the guest only for the
     /// addresses it added, until it deletes them; broadcast always does.
     @Test func multicastFiltering() async throws {
