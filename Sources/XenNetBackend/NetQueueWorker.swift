@@ -284,6 +284,33 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         if let control { try control.process() }
     }
 
+    /// After a pass: nil if there is more to do now; else how long to sleep
+    /// (ms, -1 for as long as no event comes), having asked the frontend for
+    /// an event on each ring we wait for (the final checks).
+    public func prepareToSleep(now: Int) -> Int32? {
+        var timeout: Int32 = -1
+        if txRateBlocked {
+            timeout = Int32(clamping: max(1, (txCreditRefill - now + 999_999) / 1_000_000))
+        } else if txRing.finalCheckForRequests() {
+            return nil
+        }
+        if rxCount > 0 {
+            if receiveFinalCheck() { return nil }
+            // Waiting for buffers: with rx-notify the frontend's event
+            // wakes us, and only the drain and stall deadlines need a
+            // timer; without it we look every 10 ms (Linux: 30 ms).
+            let wait = options.rxNotify ? receiveDeadlineMilliseconds(now: now) : 10
+            timeout = timeout < 0 ? wait : min(timeout, wait)
+        }
+        if let control, control.finalCheck() { return nil }
+        return timeout
+    }
+
+    /// The receive ring's req_event as we last set it (tests).
+    public var receiveRequestEvent: UInt32 {
+        rxRing.memory.base.load(fromByteOffset: 4, as: UInt32.self)
+    }
+
     /// Serves the queue until `stopDescriptor` becomes readable.
     public func run(stopDescriptor: Int32) throws(NetBackendError) {
         var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
@@ -293,20 +320,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         while true {
             let now = monotonicNanoseconds()
             try process(now: now)
-            var timeout: Int32 = -1
-            if txRateBlocked {
-                timeout = Int32(clamping: max(1, (txCreditRefill - now + 999_999) / 1_000_000))
-            } else if txRing.finalCheckForRequests() {
-                continue
-            }
-            if rxCount > 0 {
-                if receiveFinalCheck() { continue }
-                // Waiting for buffers: a notification (rx-notify) or a look
-                // now and then decides; the drain and stall clocks too.
-                let wait: Int32 = options.rxNotify ? 100 : 10
-                timeout = timeout < 0 ? wait : min(timeout, wait)
-            }
-            if let control, control.finalCheck() { continue }
+            guard let timeout = prepareToSleep(now: now) else { continue }
             // Stop reading the TAP while our queue is full: the kernel's
             // queue in front of it bounds what waits there.
             fds[1].events = rxRoom ? Int16(POLLIN) : 0
@@ -709,6 +723,13 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         if receiveCanProgress() { return true }
         rxRing.requestEvent(after: UInt32(rxEntries[rxHead].slotsNeeded))
         return receiveCanProgress()
+    }
+
+    /// Until the head packet's drain or stall deadline, whichever is first.
+    private func receiveDeadlineMilliseconds(now: Int) -> Int32 {
+        let drain = rxEntries[rxHead].enqueued + options.receiveDrainMilliseconds * 1_000_000
+        let stall = (stalledSince == 0 ? now : stalledSince) + options.receiveStallMilliseconds * 1_000_000
+        return Int32(clamping: max(1, (min(drain, stall) - now + 999_999) / 1_000_000))
     }
 
     /// Whether the head packet could be delivered now.

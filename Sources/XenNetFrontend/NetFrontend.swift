@@ -247,6 +247,19 @@ public final class NetFrontendQueue: @unchecked Sendable {
         freeTxIDs = (0..<UInt16(txFrames.count)).reversed()
     }
 
+    /// A queue on guest frames `firstFrame...` (514 of them) without any
+    /// xenstore handshake: for rigs that wire a backend worker to it directly
+    /// (worker tests, fuzzers). Split event channels.
+    public static func standalone(domain: SimDomain, backend: DomainID, firstFrame: UInt32 = 0) throws -> NetFrontendQueue {
+        let f = firstFrame
+        return try NetFrontendQueue(index: 0, domain: domain, backend: backend, events: try domain.openEventChannels(), split: true,
+                                    ringFrames: [f, f + 1], txFrames: Array((f + 2)..<(f + 258)), rxFrames: Array((f + 258)..<(f + 514)))
+    }
+
+    /// Posts every free receive buffer; true if the backend was notified.
+    @discardableResult
+    public func postBuffers() throws -> Bool { try postReceiveBuffers() }
+
     func revokeGrants() -> Bool {
         var all = true
         for ref in [txRingRef, rxRingRef] + txGrants + rxGrants { all = domain.endForeignAccess(ref) && all }
@@ -257,12 +270,15 @@ public final class NetFrontendQueue: @unchecked Sendable {
 
     /// Fills every free receive slot with a request for its own page (id
     /// and page follow the slot index, as netfront keeps them).
-    func postReceiveBuffers() throws {
+    @discardableResult
+    func postReceiveBuffers() throws -> Bool {
         while !rxRing.isFull {
             let slot = Int(rxRing.requestProducerPrivate.rawValue & (rxRing.size - 1))
             rxRing.produceRequest(NetRxRequest(id: UInt16(slot), grant: rxGrants[slot].rawValue))
         }
-        if rxRing.pushRequests() { try events.notify(rxPort) }
+        guard rxRing.pushRequests() else { return false }
+        try events.notify(rxPort)
+        return true
     }
 
     // MARK: Transmit

@@ -77,10 +77,9 @@ func awaitCarrier(_ lab: NetworkLab, _ name: String, _ on: Bool) async throws ->
     }
 
     /// A backend that filled every posted buffer with packets still queued
-    /// must ask to be told when buffers come back (req_event just past its
-    /// consumer), even when its pass ended on its budget: else the repost
-    /// is silent and the queue waits for a timeout (a lost wakeup the rx
-    /// benchmark found).
+    /// asks to be told when buffers come back (req_event just past its
+    /// consumer), so the guest's repost wakes it and every packet arrives.
+    /// (NetWorkerTests checks the same after a pass that ends on its budget.)
     @Test func fullRingAsksForTheNextBuffer() async throws {
         try await withVIF { host, lab, device, front in
             let injector = try lab.injector()
