@@ -127,7 +127,7 @@ let package = Package(
         // The fuzz targets' logic, shared by tools/fuzz (libFuzzer) and the
         // tests that replay seed and regression inputs.
         .target(name: "XenFuzzing", dependencies: ["XenRing", "XenBlockProtocol", "XenNetProtocol", "XenStoreProtocol", "XenStoreCore", "XenBus",
-                                                "XenSim", "XenBlockBackend", "XenPlatform", "CXenShims"]),
+                                                "XenSim", "XenBlockBackend", "XenNetBackend", "XenPlatform", "CXenShims"]),
         // Test support shared by the test targets: the ABI probe runner and the
         // golden-vector reader. Never imported by Sources.
         .target(name: "XenProtocolTesting", dependencies: ["XenProcess"], path: "Sources/XenProtocolTesting"),
@@ -140,7 +140,7 @@ let package = Package(
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
-        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenProtocolTesting", "CXenNet"]),
+        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenProtocolTesting", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

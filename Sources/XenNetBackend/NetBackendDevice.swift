@@ -107,6 +107,8 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         var retired = NetStatistics.Snapshot.zero
         var stalledQueues = 0
         var disabledReason: String?
+        /// Follows the frontend's request-multicast-control while connected.
+        var multicastWatch: (path: String, token: String, task: Task<Void, Never>)?
     }
     private let running = Mutex(Running())
 
@@ -216,7 +218,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         let features: [(String, String)] = [
             ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1"),
             ("feature-ipv6-csum-offload", "1"), ("feature-rx-copy", "1"), ("feature-rx-flip", "0"),
-            ("feature-multicast-control", "1"), ("feature-split-event-channels", "1"),
+            ("feature-multicast-control", "1"), ("feature-dynamic-multicast-control", "1"), ("feature-split-event-channels", "1"),
             ("multi-queue-max-queues", "\(configuration.maximumQueues)"), ("feature-ctrl-ring", "1"),
         ]
         try await xenstore.withTransaction { t in
@@ -332,6 +334,17 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
                 }
             }
         }
+        // feature-dynamic-multicast-control: the frontend may turn filtering
+        // on or off while connected.
+        let multicastPath = setup.frontendPath + "/request-multicast-control"
+        let watch = try await xenstore.watch(multicastPath)
+        let filter = multicast, xenstore = self.xenstore
+        let follower = Task {
+            for await _ in watch.events {
+                guard let value = try? await xenstore.readIfPresent(multicastPath) else { continue }
+                filter.setEnabled(value == "1")
+            }
+        }
         let negotiation = NetNegotiation(queues: queues, splitEventChannels: split, controlRing: control != nil, options: options, mtu: mtu)
         running.withLock {
             $0.workers = workers
@@ -339,6 +352,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
             $0.stop = stop
             $0.negotiation = negotiation
             $0.disabledReason = nil
+            $0.multicastWatch = (multicastPath, watch.token, follower)
         }
         logger.info("connected", metadata: ["queues": "\(queues)", "split": "\(split)", "ctrl": "\(control != nil)",
                                             "gso": "\(options.gsoTCPv4)/\(options.gsoTCPv6)", "mtu": "\(mtu)"])
@@ -394,9 +408,13 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
     /// Stops the queues, unmaps the rings, unbinds the channels; the
     /// interface stays (carrier off) until the device is removed.
     func disconnect() async {
-        let (threads, stop, tap) = running.withLock { r -> ([WorkerThread], Int32, TapDevice?) in
-            defer { r.threads = []; r.stop = -1 }
-            return (r.threads, r.stop, r.tap)
+        let (threads, stop, tap, watch) = running.withLock { r -> ([WorkerThread], Int32, TapDevice?, (path: String, token: String, task: Task<Void, Never>)?) in
+            defer { r.threads = []; r.stop = -1; r.multicastWatch = nil }
+            return (r.threads, r.stop, r.tap, r.multicastWatch)
+        }
+        if let watch {
+            watch.task.cancel()
+            try? await xenstore.unwatch(watch.path, token: watch.token)
         }
         guard stop >= 0 else { return }
         var one: UInt64 = 1

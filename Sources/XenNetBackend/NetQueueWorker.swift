@@ -48,7 +48,8 @@ public struct NetQueueOptions: Sendable, Equatable {
     public var gsoTCPv6 = false
     /// The frontend takes packets spanning several receive slots (feature-sg).
     public var scatterGather = false
-    /// The frontend filters multicast (request-multicast-control).
+    /// The frontend filters multicast (request-multicast-control) at
+    /// connect; the device follows later changes through the filter.
     public var multicastControl = false
     public var rate: NetRate?
     /// Host packets buffered per queue at most, in bytes (XSA-392).
@@ -168,6 +169,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         self.options = options
         self.tapDescriptor = tapDescriptor
         self.multicast = multicast
+        multicast.setEnabled(options.multicastControl)
         self.capture = capture
         self.queueIndex = queueIndex
         self.queueCount = queueCount
@@ -481,12 +483,12 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             }
         }
         if let address = multicastAdd {
-            let ok = options.multicastControl && multicast.add(address)
+            let ok = multicast.isEnabled && multicast.add(address)
             if !ok { txResponses[firstResponse].status = NetStatus.error }
             return .answered
         }
         if let address = multicastDelete {
-            if options.multicastControl { multicast.remove(address) } else { txResponses[firstResponse].status = NetStatus.error }
+            if multicast.isEnabled { multicast.remove(address) } else { txResponses[firstResponse].status = NetStatus.error }
             return .answered
         }
 
@@ -637,7 +639,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         let header = VirtioNetHeader(from: buffer)
         var entry = RxEntry(length: length)
         // Multicast (not broadcast) frames pass only if the frontend asked for them.
-        if options.multicastControl && frame[0] & 1 == 1 {
+        if frame[0] & 1 == 1 && multicast.isEnabled {
             let key = MulticastFilter.key(frame.baseAddress!)
             if key != 0xFFFF_FFFF_FFFF && !multicast.contains(key) { return nil }
         }

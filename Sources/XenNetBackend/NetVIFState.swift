@@ -10,8 +10,18 @@ public final class MulticastFilter: Sendable {
     /// Addresses as 48-bit integers (byte 0 lowest); fixed storage, no
     /// allocation on either path.
     private let state = Mutex<(count: Int, addresses: InlineArray<64, UInt64>)>((0, InlineArray(repeating: 0)))
+    /// The frontend's `request-multicast-control`, which it may change while
+    /// connected (feature-dynamic-multicast-control).
+    private let enabled = Atomic<Bool>(false)
 
     public init() {}
+
+    public var isEnabled: Bool {
+        // Relaxed: a flag the data path samples; a packet either side of a change may go either way.
+        enabled.load(ordering: .relaxed)
+    }
+
+    public func setEnabled(_ on: Bool) { enabled.store(on, ordering: .relaxed) }
 
     static func key(_ p: UnsafeRawPointer) -> UInt64 {
         var k: UInt64 = 0

@@ -167,6 +167,12 @@ public final class NetFrontend: @unchecked Sendable {
                            control: control, xenstore: xenstore)
     }
 
+    /// Turns multicast filtering on or off while connected
+    /// (feature-dynamic-multicast-control).
+    public func setMulticastControl(_ on: Bool) async throws {
+        try await xenstore.write(frontendPath + "/request-multicast-control", on ? "1" : "0")
+    }
+
     /// Closing, wait for the backend, Closed; then ends foreign access to
     /// every page. Returns whether every grant could be revoked.
     @discardableResult

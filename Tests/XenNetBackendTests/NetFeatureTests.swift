@@ -136,6 +136,17 @@ func awaitCarrier(_ lab: NetworkLab, _ name: String, _ on: Bool) async throws ->
             #expect(try await round(101) == [1, 3])
             try await offThePool { queue.clearTxResponses(); try queue.multicast(add: false, address: group); _ = try queue.awaitTxResponses(2) }
             #expect(try await round(102) == [3])
+            // Dynamic: the frontend turns filtering off, and every group passes
+            // once the backend has seen the key (bounded wait for the watch).
+            try await front.setMulticastControl(false)
+            var marker = 200
+            var seen: [Int] = []
+            while marker < 250 {
+                seen = try await round(marker)
+                if seen == [1, 2, 3] { break }
+                marker += 1
+            }
+            #expect(seen == [1, 2, 3], "filtering off: every multicast frame passes")
         }
     }
 

@@ -17,6 +17,8 @@ let package = Package(
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "FuzzBlockRequests", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "FuzzNetQueue", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "FuzzXenbusStateMachine", dependencies: [.product(name: "XenFuzzing", package: "xenback")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     ]
