@@ -46,4 +46,12 @@ public struct ToolstackNIC: Sendable, Equatable {
     public func setOffline(xenstore: XenStoreClient) async throws {
         try await xenstore.write(backendPath + "/online", "0")
     }
+
+    /// Removes both directories (after the backend reached Closed).
+    public func remove(xenstore: XenStoreClient) async throws {
+        try await xenstore.withTransaction { t in
+            try await xenstore.rm(self.backendPath, transaction: t)
+            try await xenstore.rm(self.frontendPath, transaction: t)
+        }
+    }
 }

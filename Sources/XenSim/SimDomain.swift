@@ -13,6 +13,9 @@ enum GrantFlags {
     static let writing: UInt16 = 1 << 4
     static let subPage: UInt16 = 1 << 8
     static let entrySize = 8
+    /// Not a Xen flag: marks an entry a guest-side process has taken while it
+    /// fills it in (the type bits stay 0, so Xen would see it as invalid).
+    static let claimed: UInt16 = 1 << 15
     /// GNTTAB_NR_RESERVED_ENTRIES: refs 0-7 belong to the toolstack.
     static let reservedEntries: UInt32 = 8
 }
@@ -76,10 +79,18 @@ public final class SimDomain: @unchecked Sendable {
     /// gnttab_grant_foreign_access: lets `domain` map or copy page `frame`.
     public func grantAccess(to domain: DomainID, frame: UInt32, readOnly: Bool) throws(SimError) -> GrantRef {
         guard Int(frame) < pageCount else { throw .frameOutOfRange(frame, pageCount: pageCount) }
-        guard let ref = freeRefs.withLock({ $0.popLast() }) else { throw .grantTableFull(id.rawValue) }
-        writeEntry(ref, domain: domain.rawValue, frame: frame,
-                   flags: GrantFlags.permitAccess | (readOnly ? GrantFlags.readOnly : 0))
-        return GrantRef(ref)
+        // Several processes may act for one guest (a frontend each), each with
+        // its own free list over the shared table: an entry is ours only once
+        // we swing its flags from 0 (unused) to claimed; one another process
+        // took is dropped from our list.
+        while let ref = freeRefs.withLock({ $0.popLast() }) {
+            let (exchanged, _) = flags(ref).pointee.compareExchange(expected: 0, desired: GrantFlags.claimed, ordering: .acquiringAndReleasing)
+            guard exchanged else { continue }
+            writeEntry(ref, domain: domain.rawValue, frame: frame,
+                       flags: GrantFlags.permitAccess | (readOnly ? GrantFlags.readOnly : 0))
+            return GrantRef(ref)
+        }
+        throw .grantTableFull(id.rawValue)
     }
 
     /// Writes an entry the way a guest does: domid and frame first, then the

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Synchronization
 import XenBlockFrontend
+import XenNetTestbed
 import XenPlatform
 import XenProcess
 import XenSim
@@ -13,13 +14,16 @@ import Glibc
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Everything at once on the software hypervisor: sim, xenbackd, a guest with a 1 GiB disk doing verified I/O.",
+        abstract: "Everything at once on the software hypervisor: sim, xenbackd, a guest with a 1 GiB disk doing verified I/O and a NIC on a bridge.",
         discussion: """
         Starts `xenback sim serve`, `xenbackd --platform sim` and a guest whose blkfront \
         (`xenback front blk --soak`) writes, flushes, reads back and checks its disk while \
-        doing random I/O, each in its own process. A live table shows the device's state, \
-        IOPS and MB/s. Ctrl-C or the end tears everything down and prints a summary; the exit \
-        status is 0 only if every block verified and every process stopped cleanly.
+        doing random I/O, each in its own process. As root, the guest also gets a NIC: \
+        xenbackd puts its VIF on a bridge in a private network namespace with a peer on a \
+        veth, the guest's netfront (`xenback front net`) pings the peer and the peer pings \
+        the guest. A live table shows the disk's state, IOPS and MB/s. Ctrl-C or the end \
+        tears everything down and prints a summary; the exit status is 0 only if every block \
+        verified, every ping was answered and every process stopped cleanly.
         """)
 
     @Option(help: "How long the guest runs its workload.")
@@ -48,9 +52,25 @@ struct DemoCommand: AsyncParsableCommand {
                                     "--log-level", "warning"], standardError: dir + "/sim.log")
         guard sim.line()?.hasPrefix("ready") == true else { throw ValidationError("the sim did not start; see \(dir)/sim.log") }
         print("  sim          pid \(sim.pid)   (hypervisor + xenstored, \(simSocket))")
+        // A private network for the NIC (root only): a namespace with a bridge
+        // for the VIF, a veth to a peer namespace.
+        var lab: NetworkLab?
+        var whyNoNetwork = "not root: the NIC needs a TAP and a bridge"
+        if geteuid() == 0 {
+            do { lab = try NetworkLab(subnet: 79) } catch { whyNoNetwork = "\(error)" }
+        }
+        defer { lab?.destroy() }
+        var daemonArguments = [xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "info"]
+        if let lab {
+            let config = dir + "/xenbackd.json"
+            let json = "{\"net\": {\"namespace\": \"/var/run/netns/\(lab.hostNamespace)\"}}"
+            let fd = open(config, O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+            _ = json.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+            daemonArguments += ["--config", config]
+        }
         // 2. The daemon, as dom0's backend.
-        let daemon = try ChildProcess([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "info"],
-                                      standardError: dir + "/xenbackd.log")
+        let daemon = try ChildProcess(daemonArguments, standardError: dir + "/xenbackd.log")
         guard daemon.line()?.hasPrefix("ready") == true else {
             sim.signal(SIGTERM); sim.wait()
             throw ValidationError("xenbackd did not start; see \(dir)/xenbackd.log")
@@ -62,14 +82,26 @@ struct DemoCommand: AsyncParsableCommand {
         guard fd >= 0, ftruncate(fd, 1 << 30) == 0 else { throw ValidationError("cannot create \(image)") }
         close(fd)
         let toolstack = try await SimToolstack.connect(simSocket: simSocket)
-        let guest = try await toolstack.create(name: "demo", disks: [try SimToolstack.Disk(parsing: image)])
+        let guest = try await toolstack.create(name: "demo", disks: [try SimToolstack.Disk(parsing: image)],
+                                               bridges: lab.map { [$0.bridge] } ?? [])
         let disk = guest.disks[0]
         _ = try await awaitXenbusState(toolstack.xenstore, disk.backendPath, timeout: .seconds(10), "xenbackd to take the disk") {
             $0 == .initWait
         }
         let front = try toolstack.startFrontend(guest, disk: 0, seconds: seconds, logFile: dir + "/guest-\(guest.domain.rawValue).log")
         print("  guest demo   domain \(guest.domain.rawValue), blkfront pid \(front.pid), disk xvda = \(image) (1 GiB)")
-        print("  network      skipped: this build has no network backend yet, so the guest has no NIC")
+        // The NIC: the guest pings the peer, the peer pings the guest.
+        var netfront: ChildProcess?
+        var peerPing: Task<(Int32, String), Never>?
+        if let lab, let nic = guest.nics.first {
+            _ = try await awaitXenbusState(toolstack.xenstore, nic.backendPath, timeout: .seconds(10), "xenbackd to take the NIC") { $0 == .initWait }
+            let ip = lab.guestIP.map(String.init).joined(separator: "."), peer = lab.peerIP.map(String.init).joined(separator: ".")
+            netfront = try toolstack.startNetFrontend(guest, nic: 0, ip: ip, ping: peer, serveSeconds: 3, logFile: dir + "/netfront-\(guest.domain.rawValue).log")
+            peerPing = Task.detached { lab.inPeer("ping -c 3 -i 0.3 -w 20 \(ip)") }
+            print("  NIC          vif\(guest.domain.rawValue).0 on bridge \(lab.bridge) (namespace \(lab.hostNamespace)), guest \(ip), peer \(peer); netfront pid \(netfront!.pid)")
+        } else {
+            print("  network      skipped: \(whyNoNetwork)")
+        }
         print("")
 
         // 4. Live display until the guest's frontend finishes (or Ctrl-C).
@@ -104,6 +136,17 @@ struct DemoCommand: AsyncParsableCommand {
             }
         }
         let frontStatus = front.wait()
+        var networkLine = "skipped (\(whyNoNetwork))"
+        var networkOK = true
+        if let netfront {
+            var guestPing = ""
+            while let line = netfront.line() { if line.hasPrefix("ping ") { guestPing = line } }
+            let netStatus = netfront.wait()
+            let (peerStatus, peerOutput) = await peerPing!.value
+            let peerReceived = peerOutput.split(separator: "\n").first { $0.contains("received") }.map(String.init) ?? "no reply"
+            networkOK = netStatus == 0 && peerStatus == 0
+            networkLine = "guest → peer: \(guestPing.isEmpty ? "no result (exit \(netStatus))" : guestPing); peer → guest: \(peerReceived)"
+        }
 
         // 5. Tear down: detach, destroy the guest, stop the daemon and the sim.
         try? await toolstack.destroy(guest)
@@ -113,9 +156,10 @@ struct DemoCommand: AsyncParsableCommand {
         sim.signal(SIGTERM)
         let simStatus = sim.wait()
         if !keep && directory == nil { _ = unlink(image); _ = unlink(dir + "/sim.log"); _ = unlink(dir + "/xenbackd.log")
-            _ = unlink(dir + "/guest-\(guest.domain.rawValue).log"); _ = rmdir(dir) }
+            _ = unlink(dir + "/guest-\(guest.domain.rawValue).log"); _ = unlink(dir + "/netfront-\(guest.domain.rawValue).log")
+            _ = unlink(dir + "/xenbackd.json"); _ = rmdir(dir) }
 
-        let ok = frontStatus == 0 && summary.hasPrefix("verified: ok") && daemonStatus == 0 && simStatus == 0
+        let ok = frontStatus == 0 && summary.hasPrefix("verified: ok") && daemonStatus == 0 && simStatus == 0 && networkOK
         let meanIOPS = samples.isEmpty ? 0 : samples.reduce(0, +) / Double(samples.count)
         let meanMB = megabytes.isEmpty ? 0 : megabytes.reduce(0, +) / Double(megabytes.count)
         print("")
@@ -124,7 +168,7 @@ struct DemoCommand: AsyncParsableCommand {
         print("  guest          \(summary.isEmpty ? "no result (exit \(frontStatus))" : summary)")
         print("  xenbackd       exit \(daemonStatus) after SIGTERM\(daemonStatus == 0 ? " (drained, devices closed)" : "")")
         print("  sim            exit \(simStatus)")
-        print("  network        skipped (no network backend in this build)")
+        print("  network        \(networkLine)")
         print(ok ? "demo: ok" : "demo: FAILED\(keep || directory != nil ? "" : " (rerun with --keep to look at the logs)")")
         if !ok { throw ExitCode.failure }
     }

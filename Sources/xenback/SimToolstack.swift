@@ -1,4 +1,5 @@
 import XenBlockFrontend
+import XenNetFrontend
 import XenPlatform
 import XenProcess
 import XenSim
@@ -20,6 +21,8 @@ struct SimToolstack {
 
     /// Guest frames per disk frontend: the soak's rings and request slots.
     static let framesPerDisk: UInt32 = 1024
+    /// Guest frames per NIC frontend: two rings and a page per slot of each.
+    static let framesPerNIC: UInt32 = 520
 
     static func connect(simSocket: String) async throws -> SimToolstack {
         let client = try SimClient(socketPath: simSocket)
@@ -53,6 +56,7 @@ struct SimToolstack {
         var name: String
         var domain: DomainID
         var disks: [ToolstackDisk]
+        var nics: [ToolstackNIC] = []
     }
 
     enum ToolstackError: Error, CustomStringConvertible {
@@ -81,11 +85,12 @@ struct SimToolstack {
     }
 
     /// Creates the domain and its disks' directories (frontend processes are started separately).
-    func create(name: String, disks: [Disk]) async throws -> Guest {
+    /// `bridges`: one NIC per bridge named.
+    func create(name: String, disks: [Disk], bridges: [String] = []) async throws -> Guest {
         guard try await find(name) == nil else { throw ToolstackError.nameTaken(name) }
         let taken = Set(try await domains())
         let id = DomainID((1...UInt16.max - 1).first { !taken.contains($0) }!)
-        let pages = Int(Self.framesPerDisk) * max(1, disks.count)
+        let pages = Int(Self.framesPerDisk) * max(1, disks.count) + Int(Self.framesPerNIC) * bridges.count
         _ = try client.createDomain(id, pages: pages, grantEntries: UInt32(pages + 64))
         try await xenstore.write("/local/domain/\(id.rawValue)/name", name)
         try await xenstore.write("/local/domain/\(id.rawValue)/domid", "\(id.rawValue)")
@@ -94,7 +99,25 @@ struct SimToolstack {
             made.append(try await ToolstackDisk.create(xenstore: xenstore, frontend: id, devid: ToolstackDisk.firstXenDisk + 16 * i,
                                                        target: disk.path, readOnly: disk.readOnly))
         }
-        return Guest(name: name, domain: id, disks: made)
+        var nics: [ToolstackNIC] = []
+        for (handle, bridge) in bridges.enumerated() {
+            // libxl's default MAC prefix 00:16:3e, then the domain and the handle.
+            nics.append(try await ToolstackNIC.create(xenstore: xenstore, frontend: id, handle: handle,
+                                                      mac: [0x00, 0x16, 0x3E, UInt8(id.rawValue >> 8), UInt8(id.rawValue & 0xFF), UInt8(handle)],
+                                                      bridge: bridge))
+        }
+        return Guest(name: name, domain: id, disks: made, nics: nics)
+    }
+
+    /// `xenback front net` for NIC `index` of `guest`, in its own process:
+    /// answers ARP and pings for `ip` and pings `ping`.
+    func startNetFrontend(_ guest: Guest, nic index: Int, ip: String, ping: String?, serveSeconds: Int, logFile: String? = nil) throws -> ChildProcess {
+        guard let xenback = siblingExecutable("xenback") else { throw ToolstackError.badArgument("cannot find the xenback executable") }
+        let first = UInt32(max(1, guest.disks.count)) * Self.framesPerDisk + UInt32(index) * Self.framesPerNIC
+        return try ChildProcess([
+            xenback, "front", "net", "--sim", simSocket, "--domain", "\(guest.domain.rawValue)", "--handle", "\(guest.nics[index].handle)",
+            "--ip", ip, "--serve", "\(serveSeconds)", "--first-frame", "\(first)",
+        ] + (ping.map { ["--ping", $0] } ?? []), standardError: logFile)
     }
 
     /// `xenback front blk --soak` for disk `index` of `guest`, in its own process.
@@ -110,6 +133,16 @@ struct SimToolstack {
     /// Detaches every disk (online = 0, wait for the backend to close),
     /// removes the directories and destroys the domain.
     func destroy(_ guest: Guest) async throws {
+        for nic in guest.nics {
+            try await nic.setOffline(xenstore: xenstore)
+            let state = try await xenstore.readIfPresent(nic.backendPath + "/state")
+            if state != nil && state != "\(XenbusState.closed.rawValue)" {
+                _ = try? await awaitXenbusState(xenstore, nic.backendPath, timeout: .seconds(10), "backend Closed") {
+                    $0 == .closed || $0 == .unknown
+                }
+            }
+            try await nic.remove(xenstore: xenstore)
+        }
         for disk in guest.disks {
             try await disk.setOffline(xenstore: xenstore)
             let state = try await xenstore.readIfPresent(disk.backendPath + "/state")

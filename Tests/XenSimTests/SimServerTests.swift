@@ -79,6 +79,33 @@ func exerciseGuestAndBackend(simSocket: String, xenstoreSocket: String) async th
         try await xenstore.stop()
     }
 
+    /// Two processes acting for one guest (a blkfront and a netfront, say)
+    /// each keep their own free list over the shared grant table: an entry
+    /// is claimed in the table itself, so they never hand out the same ref.
+    @Test func twoAttachmentsOfAGuestNeverShareARef() async throws {
+        let xsPath = socketPath("xs"), simPath = socketPath("sim")
+        let xenstore = XenStoreServer(socketPath: xsPath)
+        try await xenstore.start()
+        let server = try SimServer(socketPath: simPath, xenstore: xenstore)
+        server.start()
+        let toolstack = try SimClient(socketPath: simPath)
+        _ = try toolstack.createDomain(DomainID(6), pages: 64, grantEntries: 128)
+        let one = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
+        let two = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
+        var refs: [UInt32] = []
+        for i in 0..<50 {
+            refs.append(try one.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: false).rawValue)
+            refs.append(try two.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: true).rawValue)
+        }
+        #expect(Set(refs).count == 100, "every ref handed out once")
+        // A ref one side revoked may be taken by the other, and only by one.
+        #expect(one.endForeignAccess(GrantRef(refs[0])))
+        let again = try two.grantAccess(to: .dom0, frame: 1, readOnly: false)
+        #expect(!refs.dropFirst().contains(again.rawValue))
+        server.stop()
+        try await xenstore.stop()
+    }
+
     /// `xenback sim serve` in its own process; this process is its client.
     @Test func simServeRunsAsItsOwnProcess() async throws {
         let xenback = try #require(builtProduct("xenback"), "xenback is built next to the tests (swift build --build-tests)")
