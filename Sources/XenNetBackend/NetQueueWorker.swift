@@ -345,15 +345,21 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         .fatal("queue \(queueIndex) transmit: \(why)")
     }
 
-    /// Rate limiting per Linux's tx_credit_exceeded: a refill adds `bytes`
-    /// every interval, bursts capped at max(128 KiB, bytes).
+    /// Rate limiting as Linux's tx_credit_exceeded: `bytes` of credit per
+    /// interval, bursts capped at max(128 KiB, bytes). Unlike Linux, a late
+    /// wakeup does not lose credit: every interval that passed adds its share
+    /// (still capped), and intervals stay on their grid, so a busy host keeps
+    /// the configured rate instead of falling below it.
     private func creditAllows(_ size: Int, now: Int) -> Bool {
         guard let rate = options.rate else { return true }
         if size <= txCredit { return true }
+        let interval = rate.microseconds * 1000
+        if txCreditRefill == 0 { txCreditRefill = now + interval }
         if now >= txCreditRefill {
+            let intervals = 1 + (now - txCreditRefill) / interval
             let burst = max(131_072, rate.bytes)
-            txCredit = min(txCredit + rate.bytes, burst)
-            txCreditRefill = now + rate.microseconds * 1000
+            txCredit = min(txCredit + rate.bytes * min(intervals, burst / rate.bytes + 1), burst)
+            txCreditRefill += intervals * interval
             if size <= txCredit { return true }
         }
         return false
