@@ -44,11 +44,11 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenRing"]),
         .target(name: "XenStoreProtocol"),
         .target(name: "XenBus", dependencies: ["XenStoreProtocol"]),
-        .target(name: "XenPlatform"),
-        .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore"]),
+        .target(name: "XenPlatform", dependencies: ["CXenShims"]),
+        .target(name: "XenSim", dependencies: ["XenPlatform", "CXenShims", "XenStore", .product(name: "Logging", package: "swift-log")]),
         .target(name: "CXenUAPI"),
         // The xenbus handshake loop every backend device kind shares.
-        .target(name: "XenBusDriver", dependencies: ["XenBus", "XenStore", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "XenBusDriver", dependencies: ["XenBus", "XenStore", "XenPlatform", .product(name: "Logging", package: "swift-log")]),
         .target(name: "XenBlockBackend", dependencies: [
             "XenBusDriver", "XenRing", "XenBlockProtocol", "XenPlatform", "XenBus", "XenStore", "CXenShims", "CXenAIO",
             .product(name: "Logging", package: "swift-log"),
@@ -59,12 +59,12 @@ let package = Package(
             "XenBusDriver", "XenRing", "XenNetProtocol", "XenPlatform", "XenBus", "XenStore", "CXenNet", "CXenShims",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "XenNetFrontend", dependencies: ["XenRing", "XenNetProtocol", "XenNetBackend", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
+        .target(name: "XenNetFrontend", dependencies: ["XenBusDriver", "XenRing", "XenNetProtocol", "XenNetBackend", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
         .target(name: "XenNetTestbed", dependencies: [
-            "XenNetBackend", "XenNetFrontend", "XenSim", "XenStore", "XenPlatform",
+            "XenNetBackend", "XenNetFrontend", "XenProcess", "XenSim", "XenStore", "XenPlatform",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "XenBlockFrontend", dependencies: ["XenRing", "XenBlockProtocol", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
+        .target(name: "XenBlockFrontend", dependencies: ["XenBusDriver", "XenRing", "XenBlockProtocol", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol"]),
         // The in-process sim host for block devices: tests, bench blk, front blk.
         .target(name: "XenBlockTestbed", dependencies: [
             "XenBlockBackend", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenRing", "XenBlockProtocol",

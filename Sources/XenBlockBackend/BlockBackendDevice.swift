@@ -117,8 +117,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
 
     struct Running {
         var workers: [any BlockRingService] = []
-        var threads: [WorkerThread] = []
-        var stop: Int32 = -1
+        var threads: RingWorkerGroup?
         var negotiation: BlockNegotiation?
         var retired = BlockStatistics.Snapshot.zero
     }
@@ -327,21 +326,22 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             try await put("physical-sector-size", "\(g.physicalSectorSize)")
         }
 
-        let stop = eventfd(0, Int32(EFD_CLOEXEC))
-        guard stop >= 0 else { throw BlockDeviceError.configuration("eventfd failed: errno \(errno)") }
         let logger = self.logger
-        let threads = started.enumerated().map { (q, worker) in
-            WorkerThread(onStart: BlockBackendInstrumentation.workerThreadStarted) {
-                do { try worker.run(stopDescriptor: stop) } catch {
+        let workers = started
+        let threads: RingWorkerGroup
+        do {
+            threads = try RingWorkerGroup(count: workers.count, onStart: BlockBackendInstrumentation.workerThreadStart) { q, stop in
+                do { try workers[q].run(stopDescriptor: stop) } catch {
                     // A broken ring stops that ring only (as Linux halts it).
                     logger.error("ring \(q) stopped: \(error)")
                 }
             }
+        } catch {
+            throw BlockDeviceError.backend(.eventChannel(error))
         }
         running.withLock {
             $0.workers = started
             $0.threads = threads
-            $0.stop = stop
             $0.negotiation = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
                                               directIO: setup.backing.isDirect, persistentGrants: persistent)
         }
@@ -352,15 +352,12 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     /// Stops the workers (each answers what it has in flight), unmaps the
     /// rings and unbinds the channels. Safe to repeat.
     func disconnect() async {
-        let (threads, stop) = running.withLock { r -> ([WorkerThread], Int32) in
-            defer { r.threads = []; r.stop = -1 }
-            return (r.threads, r.stop)
+        let threads = running.withLock { r -> RingWorkerGroup? in
+            defer { r.threads = nil }
+            return r.threads
         }
-        guard stop >= 0 else { return }
-        var one: UInt64 = 1
-        _ = write(stop, &one, 8)
-        for t in threads { await t.finished() }
-        close(stop)
+        guard let threads else { return }
+        await threads.stop()
         running.withLock { r in
             r.retired = r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot }
             r.workers = []   // the last references: rings unmapped, ports unbound
@@ -372,14 +369,10 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
 
 /// Hooks for benchmarks and tests; not for the data path.
 public enum BlockBackendInstrumentation {
-    private static let workerThreadStart = Mutex<(@Sendable () -> Void)?>(nil)
+    static let workerThreadStart = WorkerStartHook()
 
     /// Runs at the start of every ring worker thread started afterwards
     /// (the block benchmark enables per-thread malloc counting with it).
-    public static func setWorkerThreadStartHook(_ hook: (@Sendable () -> Void)?) {
-        workerThreadStart.withLock { $0 = hook }
-    }
-
-    static func workerThreadStarted() { workerThreadStart.withLock { $0 }?() }
+    public static func setWorkerThreadStartHook(_ hook: (@Sendable () -> Void)?) { workerThreadStart.set(hook) }
 }
 

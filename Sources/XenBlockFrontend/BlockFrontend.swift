@@ -1,4 +1,5 @@
 import XenBlockProtocol
+@_exported import XenBusDriver
 import XenPlatform
 import XenRing
 import XenSim
@@ -243,30 +244,6 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             $0 == .closed || $0 == .initWait
         }
         return queues.map { $0.revokeGrants() }.allSatisfy { $0 }
-    }
-}
-
-/// Waits (on a xenstore watch, not by polling) until `path/state`
-/// satisfies `done`; returns that state. Throws `.timeout` after `timeout`.
-public func awaitXenbusState(_ xenstore: XenStoreClient, _ path: String, timeout: Duration = .seconds(30), _ what: String,
-                             _ done: @escaping @Sendable (XenbusState) -> Bool) async throws -> XenbusState {
-    let watch = try await xenstore.watch(path + "/state")
-    defer { Task { try? await xenstore.unwatch(path + "/state", token: watch.token) } }
-    return try await withThrowingTaskGroup(of: XenbusState?.self) { group in
-        group.addTask {
-            for await _ in watch.events {
-                let text = try await xenstore.readIfPresent(path + "/state")
-                if let state = text.flatMap({ UInt32($0) }).flatMap({ XenbusState(rawValue: $0) }), done(state) { return state }
-            }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let state = first else { throw BlockFrontendError.timeout(what) }
-        return state
     }
 }
 

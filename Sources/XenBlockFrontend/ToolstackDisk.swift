@@ -1,3 +1,4 @@
+import XenBusDriver
 import XenPlatform
 import XenStore
 import XenStoreProtocol
@@ -36,18 +37,8 @@ public struct ToolstackDisk: Sendable, Equatable {
             "backend": backendPath, "backend-id": "\(backend.rawValue)", "state": initialising,
             "virtual-device": "\(devid)", "device-type": cdrom ? "cdrom" : "disk",
         ]
-        try await xenstore.withTransaction { t in
-            // Each side owns its directory and may read the other's (what
-            // libxl sets); the keys inherit that.
-            try await xenstore.mkdir(backendPath, transaction: t)
-            try await xenstore.setPermissions(backendPath, XenStorePermissions(
-                owner: UInt32(backend.rawValue), grants: [.init(domain: UInt32(frontend.rawValue), access: .read)]), transaction: t)
-            try await xenstore.mkdir(frontendPath, transaction: t)
-            try await xenstore.setPermissions(frontendPath, XenStorePermissions(
-                owner: UInt32(frontend.rawValue), grants: [.init(domain: UInt32(backend.rawValue), access: .read)]), transaction: t)
-            for (k, v) in backendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(backendPath + "/" + k, v, transaction: t) }
-            for (k, v) in frontendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(frontendPath + "/" + k, v, transaction: t) }
-        }
+        try await ToolstackDirectories.create(xenstore: xenstore, frontend: frontend, backend: backend, frontendPath: frontendPath,
+                                              backendPath: backendPath, frontendKeys: frontendKeys, backendKeys: backendKeys)
         return ToolstackDisk(frontendPath: frontendPath, backendPath: backendPath, frontend: frontend, devid: devid)
     }
 
@@ -58,9 +49,6 @@ public struct ToolstackDisk: Sendable, Equatable {
 
     /// Removes both directories (after the backend reached Closed).
     public func remove(xenstore: XenStoreClient) async throws {
-        try await xenstore.withTransaction { t in
-            try await xenstore.rm(self.backendPath, transaction: t)
-            try await xenstore.rm(self.frontendPath, transaction: t)
-        }
+        try await ToolstackDirectories.remove(xenstore: xenstore, frontendPath: frontendPath, backendPath: backendPath)
     }
 }

@@ -10,37 +10,11 @@ import XenStore
 import Glibc
 #endif
 
-/// A simulated host for block devices, all in this process: the software
-/// hypervisor with dom0 and one guest, the embedded xenstored on a private
-/// socket, and a xenstore connection for each side. Tests, `bench blk` and
-/// `front blk` build on it.
-public final class SimBlockHost: @unchecked Sendable {
-    public let hypervisor = SimHypervisor()
-    public let guest: SimDomain
-    public let server: XenStoreServer
-    public let socketPath: String
-    public let backendStore: XenStoreClient
-    public let frontendStore: XenStoreClient
-    let logger: Logger
-
-    public init(guestID: DomainID = DomainID(5), guestPages: Int, grantEntries: UInt32, logger: Logger? = nil) async throws {
-        var quiet = Logger(label: "xenback.testbed")
-        quiet.logLevel = .critical  // expected errors are asserted, not printed
-        self.logger = logger ?? quiet
-        try hypervisor.createDomain(.dom0, pages: 1)
-        guest = try hypervisor.createDomain(guestID, pages: guestPages, grantEntries: grantEntries)
-        socketPath = "/tmp/xenback-xs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        server = XenStoreServer(socketPath: socketPath, logger: self.logger)
-        try await server.start()
-        backendStore = try await XenStoreClient.connect(socketPath: socketPath)
-        frontendStore = try await XenStoreClient.connect(socketPath: socketPath)
-    }
-
-    public func shutdown() async {
-        await backendStore.close()
-        await frontendStore.close()
-        try? await server.stop()
-        unlink(socketPath)
+/// The simulated host (`SimGuestHost`) with block-device helpers: tests,
+/// `bench blk` and `front blk` build on it.
+public final class SimBlockHost: SimGuestHost, @unchecked Sendable {
+    public override init(guestID: DomainID = DomainID(5), guestPages: Int, grantEntries: UInt32, logger: Logger? = nil) async throws {
+        try await super.init(guestID: guestID, guestPages: guestPages, grantEntries: grantEntries, logger: logger)
     }
 
     /// Writes the toolstack's directories for a disk on `target`.

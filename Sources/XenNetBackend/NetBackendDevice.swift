@@ -101,8 +101,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         var tap: TapDevice?
         var capture: PacketCapture?
         var workers: [NetQueueWorker<Platform>] = []
-        var threads: [WorkerThread] = []
-        var stop: Int32 = -1
+        var threads: RingWorkerGroup?
         var negotiation: NetNegotiation?
         var retired = NetStatistics.Snapshot.zero
         var stalledQueues = 0
@@ -322,17 +321,19 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         tap.setCarrier(true)
 
-        let stop = eventfd(0, Int32(EFD_CLOEXEC))
-        guard stop >= 0 else { throw NetDeviceError.configuration("eventfd failed: errno \(errno)") }
         let logger = self.logger
-        let threads = workers.enumerated().map { (q, worker) in
-            WorkerThread(onStart: NetBackendInstrumentation.workerThreadStarted) { [weak self] in
-                do { try worker.run(stopDescriptor: stop) } catch {
+        let queueWorkers = workers
+        let threads: RingWorkerGroup
+        do {
+            threads = try RingWorkerGroup(count: queueWorkers.count, onStart: NetBackendInstrumentation.workerThreadStart) { [weak self] q, stop in
+                do { try queueWorkers[q].run(stopDescriptor: stop) } catch {
                     // Linux disables the whole VIF on these; others carry on.
                     logger.error("queue \(q): \(error); VIF disabled until the frontend reconnects")
-                    self?.disable(reason: "\(error)", stop: stop)
+                    self?.disable(reason: "\(error)")
                 }
             }
+        } catch {
+            throw NetDeviceError.backend(.eventChannel(error))
         }
         // feature-dynamic-multicast-control: the frontend may turn filtering
         // on or off while connected.
@@ -349,7 +350,6 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         running.withLock {
             $0.workers = workers
             $0.threads = threads
-            $0.stop = stop
             $0.negotiation = negotiation
             $0.disabledReason = nil
             $0.multicastWatch = (multicastPath, watch.token, follower)
@@ -395,32 +395,28 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         tap?.setCarrier(carrier)
     }
 
-    private func disable(reason: String, stop: Int32) {
-        let tap = running.withLock { r -> TapDevice? in
+    private func disable(reason: String) {
+        let (tap, threads) = running.withLock { r -> (TapDevice?, RingWorkerGroup?) in
             if r.disabledReason == nil { r.disabledReason = reason }
-            return r.tap
+            return (r.tap, r.threads)
         }
         tap?.setCarrier(false)
-        var one: UInt64 = 1
-        _ = write(stop, &one, 8)
+        threads?.requestStop()
     }
 
     /// Stops the queues, unmaps the rings, unbinds the channels; the
     /// interface stays (carrier off) until the device is removed.
     func disconnect() async {
-        let (threads, stop, tap, watch) = running.withLock { r -> ([WorkerThread], Int32, TapDevice?, (path: String, token: String, task: Task<Void, Never>)?) in
-            defer { r.threads = []; r.stop = -1; r.multicastWatch = nil }
-            return (r.threads, r.stop, r.tap, r.multicastWatch)
+        let (threads, tap, watch) = running.withLock { r -> (RingWorkerGroup?, TapDevice?, (path: String, token: String, task: Task<Void, Never>)?) in
+            defer { r.threads = nil; r.multicastWatch = nil }
+            return (r.threads, r.tap, r.multicastWatch)
         }
         if let watch {
             watch.task.cancel()
             try? await xenstore.unwatch(watch.path, token: watch.token)
         }
-        guard stop >= 0 else { return }
-        var one: UInt64 = 1
-        _ = write(stop, &one, 8)
-        for t in threads { await t.finished() }
-        close(stop)
+        guard let threads else { return }
+        await threads.stop()
         tap?.setCarrier(false)
         running.withLock { r in
             r.retired = r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot }
@@ -434,12 +430,8 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
 
 /// Hooks for benchmarks and tests; not for the data path.
 public enum NetBackendInstrumentation {
-    private static let workerThreadStart = Mutex<(@Sendable () -> Void)?>(nil)
+    static let workerThreadStart = WorkerStartHook()
 
     /// Runs at the start of every queue worker thread started afterwards.
-    public static func setWorkerThreadStartHook(_ hook: (@Sendable () -> Void)?) {
-        workerThreadStart.withLock { $0 = hook }
-    }
-
-    static func workerThreadStarted() { workerThreadStart.withLock { $0 }?() }
+    public static func setWorkerThreadStartHook(_ hook: (@Sendable () -> Void)?) { workerThreadStart.set(hook) }
 }

@@ -1,4 +1,5 @@
 import XenNetBackend
+@_exported import XenBusDriver
 import XenNetProtocol
 import XenPlatform
 import XenRing
@@ -96,7 +97,7 @@ public final class NetFrontend: @unchecked Sendable {
               let backendID = UInt16(backendIDText) else {
             throw NetFrontendError.badKey("\(frontendPath)/backend and backend-id name the backend")
         }
-        _ = try await awaitState(xenstore, backendPath, timeout: timeout, "backend InitWait") { $0 == .initWait }
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend InitWait") { $0 == .initWait }
         func backendFlag(_ key: String) async throws -> Bool { try await xenstore.readIfPresent(backendPath + "/" + key) == "1" }
         var options = requested
         let maximumQueues = try await xenstore.readIfPresent(backendPath + "/multi-queue-max-queues").flatMap { Int($0) } ?? 1
@@ -156,7 +157,7 @@ public final class NetFrontend: @unchecked Sendable {
         // Buffers posted before Connected, as netfront does.
         for queue in queues { try queue.postReceiveBuffers() }
         try await xenstore.write(frontendPath + "/state", "\(XenbusState.connected.rawValue)")
-        let state = try await awaitState(xenstore, backendPath, timeout: timeout, "backend Connected") {
+        let state = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Connected") {
             $0 == .connected || $0 == .closing || $0 == .closed
         }
         guard state == .connected else {
@@ -178,35 +179,12 @@ public final class NetFrontend: @unchecked Sendable {
     @discardableResult
     public func close(timeout: Duration = .seconds(30)) async throws -> Bool {
         try await xenstore.write(frontendPath + "/state", "\(XenbusState.closing.rawValue)")
-        _ = try await awaitState(xenstore, backendPath, timeout: timeout, "backend Closing") { $0 == .closing || $0 == .closed }
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Closing") { $0 == .closing || $0 == .closed }
         try await xenstore.write(frontendPath + "/state", "\(XenbusState.closed.rawValue)")
-        _ = try await awaitState(xenstore, backendPath, timeout: timeout, "backend Closed") { $0 == .closed || $0 == .initWait }
+        _ = try await awaitXenbusState(xenstore, backendPath, timeout: timeout, "backend Closed") { $0 == .closed || $0 == .initWait }
         var all = queues.map { $0.revokeGrants() }.allSatisfy { $0 }
         if let control { all = control.revokeGrants() && all }
         return all
-    }
-}
-
-/// Waits on a xenstore watch until `path/state` satisfies `done`.
-func awaitState(_ xenstore: XenStoreClient, _ path: String, timeout: Duration, _ what: String,
-                _ done: @escaping @Sendable (XenbusState) -> Bool) async throws -> XenbusState {
-    let watch = try await xenstore.watch(path + "/state")
-    defer { Task { try? await xenstore.unwatch(path + "/state", token: watch.token) } }
-    return try await withThrowingTaskGroup(of: XenbusState?.self) { group in
-        group.addTask {
-            for await _ in watch.events {
-                let text = try await xenstore.readIfPresent(path + "/state")
-                if let state = text.flatMap({ UInt32($0) }).flatMap({ XenbusState(rawValue: $0) }), done(state) { return state }
-            }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let state = first else { throw NetFrontendError.timeout(what) }
-        return state
     }
 }
 

@@ -1,6 +1,7 @@
 import Logging
 import XenNetBackend
 import XenNetFrontend
+import XenProcess
 import XenPlatform
 import XenSim
 import XenStore
@@ -8,38 +9,13 @@ import XenStore
 import Glibc
 #endif
 
-/// A simulated host for network devices, all in this process: the software
-/// hypervisor with dom0 and one guest, the embedded xenstored, and a
-/// xenstore connection for each side. Tests, `bench net` and `front net`
-/// build on it.
-public final class SimNetHost: @unchecked Sendable {
-    public let hypervisor = SimHypervisor()
-    public let guest: SimDomain
-    public let server: XenStoreServer
-    public let socketPath: String
-    public let backendStore: XenStoreClient
-    public let frontendStore: XenStoreClient
-    let logger: Logger
+/// The simulated host (`SimGuestHost`) with network-device helpers:
+/// tests, `bench net` and `front net` build on it.
+public final class SimNetHost: SimGuestHost, @unchecked Sendable {
     var nextFrame: UInt32 = 0
 
     public init(guestID: DomainID = DomainID(7), guestPages: Int = 4096, logger: Logger? = nil) async throws {
-        var quiet = Logger(label: "xenback.testbed")
-        quiet.logLevel = .critical
-        self.logger = logger ?? quiet
-        try hypervisor.createDomain(.dom0, pages: 1)
-        guest = try hypervisor.createDomain(guestID, pages: guestPages, grantEntries: UInt32(guestPages + 64))
-        socketPath = "/tmp/xenback-xs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        server = XenStoreServer(socketPath: socketPath, logger: self.logger)
-        try await server.start()
-        backendStore = try await XenStoreClient.connect(socketPath: socketPath)
-        frontendStore = try await XenStoreClient.connect(socketPath: socketPath)
-    }
-
-    public func shutdown() async {
-        await backendStore.close()
-        await frontendStore.close()
-        try? await server.stop()
-        unlink(socketPath)
+        try await super.init(guestID: guestID, guestPages: guestPages, grantEntries: UInt32(guestPages + 64), logger: logger)
     }
 
     public func attachNIC(handle: Int = 0, mac: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56], bridge: String?,
@@ -127,18 +103,8 @@ public final class NetworkLab: Sendable {
         NetworkLab.sh("ip netns exec \(hostNamespace) sh -c '\(command)' 2>&1")
     }
 
-    public static func sh(_ command: String) -> (Int32, String) {
-        guard let pipe = popen("{ \(command)\n} 2>&1", "r") else { return (-1, "") }
-        var output = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, pipe)
-            if n == 0 { break }
-            output += buffer[0..<n]
-        }
-        let status = pclose(pipe)
-        return ((status >> 8) & 0xff, String(decoding: output, as: UTF8.self))
-    }
+    /// `command` with its standard error folded into the output.
+    public static func sh(_ command: String) -> (Int32, String) { runShell("{ \(command)\n} 2>&1") }
 }
 
 extension NetworkLab {

@@ -1,3 +1,4 @@
+import CXenShims
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -104,5 +105,46 @@ public final class WorkerThread: Sendable {
             }
             if done { c.resume() }
         }
+    }
+}
+
+/// A hook run at the start of every worker thread of one kind (benchmarks
+/// turn on per-thread allocation counting with it); not for the data path.
+public final class WorkerStartHook: Sendable {
+    private let hook = Mutex<(@Sendable () -> Void)?>(nil)
+    public init() {}
+    public func set(_ body: (@Sendable () -> Void)?) { hook.withLock { $0 = body } }
+    public func run() { hook.withLock { $0 }?() }
+}
+
+/// The threads serving one device's rings or queues, stopped together: each
+/// body gets its index and the descriptor that becomes readable on stop.
+public final class RingWorkerGroup: Sendable {
+    public let stopDescriptor: Int32
+    private let threads: [WorkerThread]
+
+    public init(count: Int, onStart: WorkerStartHook? = nil, _ body: @escaping @Sendable (_ index: Int, _ stopDescriptor: Int32) -> Void) throws(EventChannelError) {
+        let stop = eventfd(0, Int32(EFD_CLOEXEC))
+        guard stop >= 0 else { throw .system(operation: "eventfd", errno: errno) }
+        stopDescriptor = stop
+        var started: [WorkerThread] = []
+        for i in 0..<count {
+            let start: (@Sendable () -> Void)? = onStart.map { hook in { @Sendable in hook.run() } }
+            started.append(WorkerThread(onStart: start) { body(i, stop) })
+        }
+        threads = started
+    }
+
+    /// Asks every thread to stop (they answer what they have in flight first).
+    public func requestStop() {
+        var one: UInt64 = 1
+        _ = write(stopDescriptor, &one, 8)
+    }
+
+    /// Stops the threads and waits until every body returned.
+    public func stop() async {
+        requestStop()
+        for t in threads { await t.finished() }
+        close(stopDescriptor)
     }
 }

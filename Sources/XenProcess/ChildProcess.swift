@@ -77,3 +77,18 @@ public func siblingExecutable(_ name: String) -> String? {
     let path = String(me[..<slash]) + "/" + name
     return access(path, X_OK) == 0 ? path : nil
 }
+
+/// Runs `command` with /bin/sh and returns its exit status and standard
+/// output (add `2>&1` to the command for standard error too).
+public func runShell(_ command: String) -> (Int32, String) {
+    guard let pipe = popen(command, "r") else { return (-1, "") }
+    var output = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buffer, 1, buffer.count, pipe)
+        if n == 0 { break }
+        output += buffer[0..<n]
+    }
+    let status = pclose(pipe)
+    return ((status >> 8) & 0xff, String(decoding: output, as: UTF8.self))
+}

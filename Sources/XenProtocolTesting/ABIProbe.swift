@@ -1,3 +1,4 @@
+@_exported import XenProcess
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,17 +54,6 @@ public let repositoryRoot: String = {
 }()
 
 /// Runs a shell command, returning its exit status and standard output.
-public func runShell(_ command: String) -> (Int32, String) {
-    guard let pipe = popen(command, "r") else { return (-1, "") }
-    var output = ""
-    var buffer = [CChar](repeating: 0, count: 4096)
-    while fgets(&buffer, Int32(buffer.count), pipe) != nil {
-        output += String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-    let status = pclose(pipe)
-    return ((status >> 8) & 0xff, output)
-}
-
 public enum Hex {
     public static func decode(_ text: String) -> [UInt8]? {
         let chars = Array(text.utf8)

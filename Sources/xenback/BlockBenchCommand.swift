@@ -5,6 +5,7 @@ import XenBlockBackend
 import XenBlockFrontend
 import XenBlockProtocol
 import XenPlatform
+import XenProcess
 import XenRingBenchmark
 
 extension BlockPattern: ExpressibleByArgument {}
@@ -135,7 +136,7 @@ struct BlockBenchCommand: AsyncParsableCommand {
 
     private func runFio(path: String) throws -> FioResult {
         let command = "fio --name=baseline --filename=\(path) --rw=\(rw) --bs=\(blockSize) --iodepth=\(iodepth) --ioengine=libaio --direct=1 --size=\(regionBytes) --runtime=\(runtime) --time_based --randrepeat=0 --norandommap --output-format=json 2>&1"
-        let (status, output) = shell(command)
+        let (status, output) = runShell(command)
         guard status == 0, let start = output.firstIndex(of: "{") else {
             throw ValidationError("fio failed (is it installed? tools/setup.sh installs it):\n\(output)")
         }
@@ -155,7 +156,7 @@ struct BlockBenchCommand: AsyncParsableCommand {
         var st = stat()
         if stat(path, &st) == 0, UInt64(st.st_size) == regionBytes, UInt64(st.st_blocks) * 512 >= regionBytes { return path }
         print("laying out \(path) (\(regionBytes) bytes, once)")
-        let (status, output) = shell("fio --name=layout --filename=\(path) --rw=write --bs=1m --size=\(regionBytes) --ioengine=libaio --direct=1 --iodepth=8 --output-format=terse 2>&1")
+        let (status, output) = runShell("fio --name=layout --filename=\(path) --rw=write --bs=1m --size=\(regionBytes) --ioengine=libaio --direct=1 --iodepth=8 --output-format=terse 2>&1")
         guard status == 0 else { throw ValidationError("laying out \(path) with fio failed:\n\(output)") }
         return path
     }
@@ -172,15 +173,3 @@ func median(_ values: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-func shell(_ command: String) -> (Int32, String) {
-    guard let pipe = popen(command, "r") else { return (-1, "") }
-    var output = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, pipe)
-        if n == 0 { break }
-        output += buffer[0..<n]
-    }
-    let status = pclose(pipe)
-    return ((status >> 8) & 0xff, String(decoding: output, as: UTF8.self))
-}

@@ -29,7 +29,7 @@ import XenStoreProtocol
         _ = try host.toolstack.createDomain(DomainID(7), pages: 4096, grantEntries: 4096)
         let nic = try await ToolstackNIC.create(xenstore: dom0, frontend: DomainID(7), handle: 0,
                                                 mac: [0x00, 0x16, 0x3E, 0x07, 0x00, 0x01], bridge: lab.bridge)
-        _ = try await awaitState(dom0, nic.backendPath, "xenbackd probing the VIF") { $0 == .initWait }
+        _ = try await awaitXenbusState(dom0, nic.backendPath, "xenbackd probing the VIF") { $0 == .initWait }
         let (linkStatus, link) = lab.inHost("ip link show vif7.0")
         #expect(linkStatus == 0 && link.contains("master \(lab.bridge)") == false, "made at probe, joins the bridge at connect: \(link)")
 
@@ -49,7 +49,7 @@ import XenStoreProtocol
         #expect(after.contains("master \(lab.bridge)"), "\(after)")
 
         try await nic.setOffline(xenstore: dom0)
-        _ = try await awaitState(dom0, nic.backendPath, "backend Closed") { $0 == .closed }
+        _ = try await awaitXenbusState(dom0, nic.backendPath, "backend Closed") { $0 == .closed }
         #expect(host.stopDaemon() == 0, "SIGTERM: exit 0")
         let (_, gone) = lab.inHost("ip link show vif7.0 2>&1")
         #expect(gone.contains("does not exist"), "the TAP goes with the device: \(gone)")
@@ -57,30 +57,3 @@ import XenStoreProtocol
     }
 }
 
-/// Waits on a xenstore watch until `path/state` satisfies `done` (30 s at most).
-func awaitState(_ xenstore: XenStoreClient, _ path: String, _ what: String,
-                _ done: @escaping @Sendable (XenbusState) -> Bool) async throws -> XenbusState {
-    let watch = try await xenstore.watch(path + "/state")
-    defer { Task { try? await xenstore.unwatch(path + "/state", token: watch.token) } }
-    return try await withThrowingTaskGroup(of: XenbusState?.self) { group in
-        group.addTask {
-            for await _ in watch.events {
-                let text = try await xenstore.readIfPresent(path + "/state")
-                if let state = text.flatMap({ UInt32($0) }).flatMap({ XenbusState(rawValue: $0) }), done(state) { return state }
-            }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(for: .seconds(30))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let state = first else { throw XenbusWaitTimeout(what: what) }
-        return state
-    }
-}
-
-struct XenbusWaitTimeout: Error, CustomStringConvertible {
-    var what: String
-    var description: String { "timed out waiting for \(what)" }
-}

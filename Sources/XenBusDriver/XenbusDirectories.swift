@@ -1,0 +1,63 @@
+import XenBus
+import XenPlatform
+import XenStore
+
+/// Waiting for a xenbus state is timed out after this long.
+public struct XenbusWaitTimeout: Error, Equatable, Sendable, CustomStringConvertible {
+    public var what: String
+    public init(what: String) { self.what = what }
+    public var description: String { "timed out waiting for \(what)" }
+}
+
+/// Waits (on a xenstore watch, not by polling) until `path/state`
+/// satisfies `done`; returns that state. Throws `XenbusWaitTimeout` after
+/// `timeout`.
+public func awaitXenbusState(_ xenstore: XenStoreClient, _ path: String, timeout: Duration = .seconds(30), _ what: String,
+                             _ done: @escaping @Sendable (XenbusState) -> Bool) async throws -> XenbusState {
+    let watch = try await xenstore.watch(path + "/state")
+    defer { Task { try? await xenstore.unwatch(path + "/state", token: watch.token) } }
+    return try await withThrowingTaskGroup(of: XenbusState?.self) { group in
+        group.addTask {
+            for await _ in watch.events {
+                let text = try await xenstore.readIfPresent(path + "/state")
+                if let state = text.flatMap({ UInt32($0) }).flatMap({ XenbusState(rawValue: $0) }), done(state) { return state }
+            }
+            return nil
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let state = first else { throw XenbusWaitTimeout(what: what) }
+        return state
+    }
+}
+
+/// A device's pair of directories as a toolstack writes them (libxl's
+/// layout): the backend's under the backend domain, the frontend's under
+/// the guest, each owned by its side and readable by the other, all keys in
+/// one transaction. Disks and NICs differ only in their keys.
+public enum ToolstackDirectories {
+    public static func create(xenstore: XenStoreClient, frontend: DomainID, backend: DomainID, frontendPath: String, backendPath: String,
+                              frontendKeys: [String: String], backendKeys: [String: String]) async throws {
+        try await xenstore.withTransaction { t in
+            try await xenstore.mkdir(backendPath, transaction: t)
+            try await xenstore.setPermissions(backendPath, XenStorePermissions(
+                owner: UInt32(backend.rawValue), grants: [.init(domain: UInt32(frontend.rawValue), access: .read)]), transaction: t)
+            try await xenstore.mkdir(frontendPath, transaction: t)
+            try await xenstore.setPermissions(frontendPath, XenStorePermissions(
+                owner: UInt32(frontend.rawValue), grants: [.init(domain: UInt32(backend.rawValue), access: .read)]), transaction: t)
+            for (k, v) in backendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(backendPath + "/" + k, v, transaction: t) }
+            for (k, v) in frontendKeys.sorted(by: { $0.key < $1.key }) { try await xenstore.write(frontendPath + "/" + k, v, transaction: t) }
+        }
+    }
+
+    /// Removes both (after the backend reached Closed).
+    public static func remove(xenstore: XenStoreClient, frontendPath: String, backendPath: String) async throws {
+        try await xenstore.withTransaction { t in
+            try await xenstore.rm(backendPath, transaction: t)
+            try await xenstore.rm(frontendPath, transaction: t)
+        }
+    }
+}
