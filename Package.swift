@@ -140,7 +140,7 @@ let package = Package(
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
-        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenProtocolTesting", "CXenNet"]),
+        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol", "XenBusDriver", "XenProtocolTesting", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

@@ -11,6 +11,7 @@ import XenPlatform
 import XenProtocolTesting
 import XenSim
 import XenStore
+import XenStoreProtocol
 
 let guestMAC: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56]
 
@@ -110,5 +111,43 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
             let stats = device.statistics
             #expect(stats.txPackets >= 5 && stats.rxPackets >= 5 && stats.txErrors == 0)
         }
+    }
+}
+
+@Suite(.serialized) struct NetHotplugTests {
+    /// With a `script` key (libxl's vif-bridge), the script attaches the VIF
+    /// and says so in hotplug-status: Connected waits for it. Here the test
+    /// plays the script; an error status fails the connection and says why.
+    @Test(arguments: [true, false])
+    func connectedWaitsForTheHotplugScript(succeeds: Bool) async throws {
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        let host = try await SimNetHost()
+        let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge, extraBackendKeys: ["script": "/etc/xen/scripts/vif-bridge"])
+        let (device, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
+        let connecting = Task { try await host.connect(nic) }
+        _ = try await awaitXenbusState(host.backendStore, nic.frontendPath, "the frontend Connected") { $0 == .connected }
+        #expect(try await host.backendStore.readIfPresent(nic.backendPath + "/state") == "\(XenbusState.initWait.rawValue)",
+                "no Connected before the script reports")
+        if succeeds {
+            let (status, output) = lab.inHost("ip link set \(try #require(device.interfaceName)) master \(lab.bridge)")
+            #expect(status == 0, "\(output)")
+            try await host.backendStore.write(nic.backendPath + "/hotplug-status", "connected")
+            let front = try await connecting.value
+            let queue = front.queues[0]
+            let replies = try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 2) }
+            #expect(replies == 2)
+            #expect(try await front.close())
+        } else {
+            try await host.backendStore.write(nic.backendPath + "/hotplug-error", "vif-bridge: no such bridge")
+            try await host.backendStore.write(nic.backendPath + "/hotplug-status", "error")
+            await #expect(throws: (any Error).self) { try await connecting.value }
+            let error = try await host.backendStore.readIfPresent(nic.backendPath + "/error") ?? ""
+            #expect(error.contains("vif-bridge: no such bridge"), "\(error)")
+        }
+        try await nic.setOffline(xenstore: host.backendStore)
+        if !succeeds { try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.closed.rawValue)") }
+        try await task.value
+        await host.shutdown()
     }
 }
