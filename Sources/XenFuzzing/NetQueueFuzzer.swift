@@ -37,13 +37,16 @@ public enum NetQueueFuzzer {
         let hv = SimHypervisor()
         guard (try? hv.createDomain(.dom0, pages: 1)) != nil,
               let guest = try? hv.createDomain(DomainID(3), pages: 20, grantEntries: 64),
+              let control = try? FrontRing<NetControlRing>(initializing: SharedRingMemory(base: guest.page(18), pageCount: 1)),
+              let controlRef = try? guest.grantAccess(to: .dom0, frame: 18, readOnly: false),
               let tx = try? FrontRing<NetTxRing>(initializing: SharedRingMemory(base: guest.page(0), pageCount: 1)),
               let rx = try? FrontRing<NetRxRing>(initializing: SharedRingMemory(base: guest.page(1), pageCount: 1)),
               let txRef = try? guest.grantAccess(to: .dom0, frame: 0, readOnly: false),
               let rxRef = try? guest.grantAccess(to: .dom0, frame: 1, readOnly: false),
               let events = try? guest.openEventChannels() else { return }
-        var txRing = tx, rxRing = rx
+        var txRing = tx, rxRing = rx, controlRing = control
         let txPort = events.allocateUnbound(remoteDomain: .dom0)
+        let controlPort = events.allocateUnbound(remoteDomain: .dom0)
         let rxPort = split ? events.allocateUnbound(remoteDomain: .dom0) : txPort
         var pool: [UInt32] = []
         for f in dataFrames { if let r = try? guest.grantAccess(to: .dom0, frame: f, readOnly: f % 5 == 0) { pool.append(r.rawValue) } }
@@ -54,13 +57,26 @@ public enum NetQueueFuzzer {
         let host = pair[1]
         do {
             let worker = try NetQueueWorker(platform: hv.platform(for: .dom0), frontend: guest.id, txRingRef: txRef, rxRingRef: rxRef,
-                                            txRemotePort: txPort, rxRemotePort: split ? rxPort : nil, tapDescriptor: pair[0], options: options)
+                                            txRemotePort: txPort, rxRemotePort: split ? rxPort : nil, tapDescriptor: pair[0], options: options,
+                                            queueCount: 2, control: NetControlSetup(ringRef: controlRef, remotePort: controlPort))
             let txPage = guest.page(0), rxPage = guest.page(1)
             var frame = [UInt8](repeating: 0, count: 70_000)
             var steps = 0
             script: while !input.isAtEnd && steps < 1_000 {
                 steps += 1
-                switch input.byte() % 9 {
+                switch input.byte() % 10 {
+                case 9:  // control requests: any type, sizes, offsets and grants
+                    for _ in 0..<Int(input.byte() % 8) where !controlRing.isFull {
+                        let grant = input.byte() & 1 == 0 ? pool[Int(input.byte()) % pool.count] : input.u32()
+                        controlRing.produceRequest(NetControlRequest(id: input.u16(), type: NetControlType(rawValue: UInt16(input.byte() % 12)),
+                                                                     data: (input.byte() & 1 == 0 ? grant : input.u32(), input.u32() % 300, input.u32())))
+                    }
+                    _ = controlRing.pushRequests()
+                    if let p = try? controlRing.readResponseProducer() {
+                        while let r = controlRing.nextResponse(before: p) {
+                            precondition(r.status <= NetControlStatus.bufferOverflow, "control status \(r.status)")
+                        }
+                    }
                 case 0:  // any bytes in the next transmit slot
                     if txRing.isFull { continue }
                     txRing.produceRequest(NetTxSlot(NetTxRequest(grant: 0, offset: 0, flags: [], id: 0, size: 0)))
