@@ -27,6 +27,9 @@ struct NetFrontCommand: AsyncParsableCommand {
     @Option(help: "In-process mode: the network namespace the VIF and bridge live in (a name from `ip netns`).")
     var namespace: String?
 
+    @Option(help: "In-process mode: capture the VIF's frames to DIR/<vif>.pcap (libpcap; tcpdump -r reads it).")
+    var captureDirectory: String?
+
     @Option(help: "A running sim's control socket (the guest runs in this process).")
     var sim: String?
 
@@ -65,6 +68,10 @@ struct NetFrontCommand: AsyncParsableCommand {
         guard ping != nil || serve > 0 else { throw ValidationError("nothing to do: give --ping ADDRESS and/or --serve SECONDS") }
         guard (1...8).contains(queues) else { throw ValidationError("--queues must be 1...8") }
         if bridge != nil && getuid() != 0 { throw ValidationError("in-process mode makes a TAP on the bridge: run it as root") }
+        if let captureDirectory {
+            guard bridge != nil else { throw ValidationError("--capture-directory is for in-process mode (xenbackd has its own)") }
+            guard access(captureDirectory, W_OK) == 0 else { throw ValidationError("--capture-directory \(captureDirectory) is not a writable directory") }
+        }
     }
 
     func run() async throws {
@@ -79,6 +86,7 @@ struct NetFrontCommand: AsyncParsableCommand {
             let nic = try await host.attachNIC(handle: handle, mac: guestMAC, bridge: bridge)
             var configuration = NetBackendConfiguration()
             if let namespace { configuration.namespace = .named(namespace) }
+            configuration.captureDirectory = captureDirectory
             let (device, task) = host.startBackend(nic, configuration: configuration)
             front = try await host.connect(nic, options: options)
             print("connected: VIF \(device.interfaceName ?? "?") on \(bridge), \(front.queues.count) queue(s)")

@@ -114,6 +114,47 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
     }
 }
 
+@Suite(.serialized) struct NetNegotiationTests {
+    /// One event channel for both rings (no split), the frontend's MTU on
+    /// the VIF, and the offloads the frontend declined left off the TAP.
+    @Test func singleChannelMTUAndDeclinedOffloads() async throws {
+        let options = NetFrontendOptions(splitEventChannels: false, gsoTCPv4: false, gsoTCPv6: false)
+        try await withVIF(options: options, frontendKeys: ["mtu": "9000"]) { _, lab, device, front in
+            let negotiated = try #require(device.negotiation)
+            #expect(!negotiated.splitEventChannels && negotiated.mtu == 9000 && !negotiated.options.gsoTCPv4)
+            let (_, link) = lab.inHost("ip link show vif7.0")
+            #expect(link.contains("mtu 9000"), "\(link)")
+            let (_, features) = lab.inHost("ethtool -k vif7.0")
+            #expect(features.contains("tcp-segmentation-offload: off"), "\(features)")
+            let queue = front.queues[0]
+            let replies = try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 2) }
+            #expect(replies == 2)
+        }
+    }
+
+    /// A frontend that does not request rx-copy (page flipping) is refused,
+    /// and the error names the key.
+    @Test func rxFlipIsRefused() async throws {
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        let host = try await SimNetHost()
+        let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge)
+        let (_, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
+        _ = try await awaitXenbusState(host.frontendStore, nic.backendPath, "backend InitWait") { $0 == .initWait }
+        try await host.frontendStore.write(nic.frontendPath + "/tx-ring-ref", "8")
+        try await host.frontendStore.write(nic.frontendPath + "/rx-ring-ref", "9")
+        try await host.frontendStore.write(nic.frontendPath + "/event-channel", "1")
+        try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.connected.rawValue)")
+        _ = try await awaitXenbusState(host.frontendStore, nic.backendPath, "backend Closing") { $0 == .closing }
+        let error = try await host.frontendStore.readIfPresent(nic.backendPath + "/error") ?? ""
+        #expect(error.contains("request-rx-copy"), "\(error)")
+        try await nic.setOffline(xenstore: host.backendStore)
+        try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.closed.rawValue)")
+        try await task.value
+        await host.shutdown()
+    }
+}
+
 @Suite(.serialized) struct NetHotplugTests {
     /// With a `script` key (libxl's vif-bridge), the script attaches the VIF
     /// and says so in hotplug-status: Connected waits for it. Here the test
