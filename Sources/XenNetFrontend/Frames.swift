@@ -102,7 +102,7 @@ extension NetFrontendQueue {
         while !until() && idle < idleMilliseconds {
             // Short waits, so `until` is looked at often.
             guard let frame = try receive(timeoutMilliseconds: 50) else {
-                idle += 50
+                idle = idle &+ 50 < 0 ? Int32.max : idle + 50
                 continue
             }
             idle = 0

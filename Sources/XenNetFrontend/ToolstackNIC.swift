@@ -14,6 +14,11 @@ public struct ToolstackNIC: Sendable, Equatable {
     public let handle: Int
     public let mac: [UInt8]
 
+    /// A NIC whose directories exist already (found in xenstore).
+    public init(frontendPath: String, backendPath: String, frontend: DomainID, handle: Int, mac: [UInt8]) {
+        self.frontendPath = frontendPath; self.backendPath = backendPath; self.frontend = frontend; self.handle = handle; self.mac = mac
+    }
+
     public static func create(xenstore: XenStoreClient, frontend: DomainID, backend: DomainID = .dom0, handle: Int = 0,
                               mac: [UInt8], bridge: String?, extraBackendKeys: [String: String] = [:],
                               extraFrontendKeys: [String: String] = [:]) async throws -> ToolstackNIC {

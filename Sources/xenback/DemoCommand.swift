@@ -83,7 +83,7 @@ struct DemoCommand: AsyncParsableCommand {
         close(fd)
         let toolstack = try await SimToolstack.connect(simSocket: simSocket)
         let guest = try await toolstack.create(name: "demo", disks: [try SimToolstack.Disk(parsing: image)],
-                                               bridges: lab.map { [$0.bridge] } ?? [])
+                                               nics: lab.map { [SimToolstack.NIC(bridge: $0.bridge)] } ?? [])
         let disk = guest.disks[0]
         _ = try await awaitXenbusState(toolstack.xenstore, disk.backendPath, timeout: .seconds(10), "xenbackd to take the disk") {
             $0 == .initWait

@@ -120,8 +120,12 @@ struct NetFrontCommand: AsyncParsableCommand {
             ok = replies == count
         }
         if serve > 0 {
-            let idle = Int32(serve * 1000)
-            let answered = try await onOwnThread { try queue.serve(mac: mac, ip: address, idleMilliseconds: idle) }
+            let idle = Int32(clamping: serve * 1000)
+            // SIGTERM (guest destroy) ends the serving; the device is then closed properly.
+            DemoSignal.install()
+            let answered = try await onOwnThread {
+                try queue.serve(mac: mac, ip: address, idleMilliseconds: idle, until: { DemoSignal.interrupted.load(ordering: .relaxed) })
+            }
             print("answered \(answered) ARP/echo request(s)")
         }
         await cleanup()

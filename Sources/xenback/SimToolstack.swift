@@ -52,6 +52,36 @@ struct SimToolstack {
         }
     }
 
+    /// `bridge=BR[,mac=00:16:3e:..][,ip=A.B.C.D]`, as --nic takes it (ip: the
+    /// address the guest's netfront answers pings on).
+    struct NIC: Sendable {
+        var bridge: String
+        var mac: [UInt8]?
+        var ip: String?
+
+        init(bridge: String, mac: [UInt8]? = nil, ip: String? = nil) { self.bridge = bridge; self.mac = mac; self.ip = ip }
+
+        init(parsing text: String) throws(ToolstackError) {
+            var bridge: String?
+            for part in text.split(separator: ",") {
+                let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw .badArgument("--nic takes key=value pairs (bridge=, mac=, ip=): \(text)") }
+                switch kv[0] {
+                case "bridge": bridge = kv[1]
+                case "mac":
+                    guard let m = parseMAC(kv[1]) else { throw .badArgument("--nic mac=\(kv[1]) is not a MAC address like 00:16:3e:12:34:56") }
+                    mac = m
+                case "ip":
+                    guard parseIPv4(kv[1]) != nil else { throw .badArgument("--nic ip=\(kv[1]) is not an IPv4 address") }
+                    ip = kv[1]
+                default: throw .badArgument("--nic key \"\(kv[0])\" is not bridge, mac or ip (in \(text))")
+                }
+            }
+            guard let bridge, !bridge.isEmpty else { throw .badArgument("--nic needs bridge=NAME: \(text)") }
+            self.bridge = bridge
+        }
+    }
+
     struct Guest: Sendable {
         var name: String
         var domain: DomainID
@@ -85,12 +115,11 @@ struct SimToolstack {
     }
 
     /// Creates the domain and its disks' directories (frontend processes are started separately).
-    /// `bridges`: one NIC per bridge named.
-    func create(name: String, disks: [Disk], bridges: [String] = []) async throws -> Guest {
+    func create(name: String, disks: [Disk], nics: [NIC] = []) async throws -> Guest {
         guard try await find(name) == nil else { throw ToolstackError.nameTaken(name) }
         let taken = Set(try await domains())
         let id = DomainID((1...UInt16.max - 1).first { !taken.contains($0) }!)
-        let pages = Int(Self.framesPerDisk) * max(1, disks.count) + Int(Self.framesPerNIC) * bridges.count
+        let pages = Int(Self.framesPerDisk) * max(1, disks.count) + Int(Self.framesPerNIC) * nics.count
         _ = try client.createDomain(id, pages: pages, grantEntries: UInt32(pages + 64))
         try await xenstore.write("/local/domain/\(id.rawValue)/name", name)
         try await xenstore.write("/local/domain/\(id.rawValue)/domid", "\(id.rawValue)")
@@ -99,14 +128,13 @@ struct SimToolstack {
             made.append(try await ToolstackDisk.create(xenstore: xenstore, frontend: id, devid: ToolstackDisk.firstXenDisk + 16 * i,
                                                        target: disk.path, readOnly: disk.readOnly))
         }
-        var nics: [ToolstackNIC] = []
-        for (handle, bridge) in bridges.enumerated() {
+        var made2: [ToolstackNIC] = []
+        for (handle, nic) in nics.enumerated() {
             // libxl's default MAC prefix 00:16:3e, then the domain and the handle.
-            nics.append(try await ToolstackNIC.create(xenstore: xenstore, frontend: id, handle: handle,
-                                                      mac: [0x00, 0x16, 0x3E, UInt8(id.rawValue >> 8), UInt8(id.rawValue & 0xFF), UInt8(handle)],
-                                                      bridge: bridge))
+            let mac = nic.mac ?? [0x00, 0x16, 0x3E, UInt8(id.rawValue >> 8), UInt8(id.rawValue & 0xFF), UInt8(handle)]
+            made2.append(try await ToolstackNIC.create(xenstore: xenstore, frontend: id, handle: handle, mac: mac, bridge: nic.bridge))
         }
-        return Guest(name: name, domain: id, disks: made, nics: nics)
+        return Guest(name: name, domain: id, disks: made, nics: made2)
     }
 
     /// `xenback front net` for NIC `index` of `guest`, in its own process:
@@ -165,6 +193,14 @@ struct SimToolstack {
             ToolstackDisk(frontendPath: "/local/domain/\(id.rawValue)/device/vbd/\(devid)",
                           backendPath: "/local/domain/0/backend/vbd/\(id.rawValue)/\(devid)", frontend: id, devid: devid)
         }
-        return Guest(name: name, domain: id, disks: disks)
+        let handles = (try? await xenstore.directory("/local/domain/\(id.rawValue)/device/vif")) ?? []
+        var nics: [ToolstackNIC] = []
+        for handle in handles.compactMap(Int.init).sorted() {
+            let frontendPath = "/local/domain/\(id.rawValue)/device/vif/\(handle)"
+            let mac = try await xenstore.readIfPresent(frontendPath + "/mac").flatMap(parseMAC) ?? []
+            nics.append(ToolstackNIC(frontendPath: frontendPath, backendPath: "/local/domain/0/backend/vif/\(id.rawValue)/\(handle)",
+                                     frontend: id, handle: handle, mac: mac))
+        }
+        return Guest(name: name, domain: id, disks: disks, nics: nics)
     }
 }

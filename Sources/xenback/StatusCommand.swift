@@ -9,7 +9,7 @@ import Glibc
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Each block device a backend domain serves: its state, what was negotiated, and its counters.",
+        abstract: "Each block device and network interface a backend domain serves: its state, what was negotiated, and its counters.",
         discussion: "States and features come from xenstore; counters from xenbackd's --metrics-file.")
 
     @Option(help: "A running sim's control socket (default: the system's xenstored).") var sim: String?
@@ -55,7 +55,43 @@ struct StatusCommand: AsyncParsableCommand {
             }
         }
         if count == 0 { print("(no block devices under \(root))") }
+        print("")
+        try await printInterfaces(xenstore, counters: counters)
         await xenstore.close()
+    }
+
+    private func printInterfaces(_ xenstore: XenStoreClient, counters: [String: Double]) async throws {
+        let root = "/local/domain/\(domain)/backend/vif"
+        print("interface       state         frontend      bridge        queues split gso   mcast  tx_pkts    rx_pkts    tx_err  rx_drop")
+        var count = 0
+        for dom in (try? await xenstore.directory(root)) ?? [] {
+            for handle in (try? await xenstore.directory(root + "/" + dom)) ?? [] {
+                let b = "\(root)/\(dom)/\(handle)"
+                func key(_ path: String) async -> String? { try? await xenstore.readIfPresent(path) }
+                let frontendPath = await key(b + "/frontend") ?? ""
+                func stateName(_ text: String?) -> String {
+                    text.flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }.map { "\($0)" } ?? "-"
+                }
+                let splitSingle = await key(frontendPath + "/event-channel-tx"), splitQueues = await key(frontendPath + "/queue-0/event-channel-tx")
+                let split = splitSingle != nil || splitQueues != nil
+                let gso = await key(frontendPath + "/feature-gso-tcpv4") == "1"
+                let mcast = await key(frontendPath + "/request-multicast-control") == "1"
+                func counter(_ name: String, _ direction: String? = nil) -> String {
+                    var labels = "domid=\"\(dom)\",handle=\"\(handle)\""
+                    if let direction { labels += ",direction=\"\(direction)\"" }
+                    return counters["\(name){\(labels)}"].map { String(Int($0)) } ?? "-"
+                }
+                var row = "vif\(dom).\(handle)".padding(16) + stateName(await key(b + "/state")).padding(14)
+                row += stateName(await key(frontendPath + "/state")).padding(14) + (await key(b + "/bridge") ?? "-").padding(14)
+                row += (await key(frontendPath + "/multi-queue-num-queues") ?? "1").padding(7) + (split ? "yes" : "no").padding(6)
+                row += (gso ? "yes" : "no").padding(6) + (mcast ? "yes" : "no").padding(7)
+                row += counter("xenback_net_packets_total", "tx").padding(11) + counter("xenback_net_packets_total", "rx").padding(11)
+                row += counter("xenback_net_errors_total", "tx").padding(8) + counter("xenback_net_dropped_total", "rx")
+                print(row)
+                count += 1
+            }
+        }
+        if count == 0 { print("(no network interfaces under \(root))") }
     }
 
     /// "name{labels} value" lines of a Prometheus text file, labels sorted as written.

@@ -48,6 +48,21 @@ import XenStoreProtocol
         let (_, after) = lab.inHost("ip link show vif7.0")
         #expect(after.contains("master \(lab.bridge)"), "\(after)")
 
+        // The counters reach the metrics file (two updates, waited for with
+        // inotify) and `xenback status` shows the interface with them.
+        let notify = inotify_init1(Int32(IN_CLOEXEC))
+        _ = inotify_add_watch(notify, dir, UInt32(IN_MOVED_TO))
+        _ = try await offThePool {
+            var events = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<2 { _ = read(notify, &events, events.count) }
+        }
+        close(notify)
+        let (statusCode, table) = try await offThePool { runShell("\(xenback) status --sim \(simSocket) --metrics-file \(dir)/m.prom 2>&1") }
+        #expect(statusCode == 0)
+        let row = table.split(separator: "\n").first { $0.hasPrefix("vif7.0") }.map(String.init) ?? ""
+        let numbers = row.split(separator: " ").compactMap { Int($0) }
+        #expect(row.contains(lab.bridge) && numbers.count >= 3 && numbers[1] >= 5 && numbers[2] >= 5, "tx and rx packets counted:\n\(table)")
+
         try await nic.setOffline(xenstore: dom0)
         _ = try await awaitXenbusState(dom0, nic.backendPath, "backend Closed") { $0 == .closed }
         #expect(host.stopDaemon() == 0, "SIGTERM: exit 0")
@@ -55,5 +70,32 @@ import XenStoreProtocol
         #expect(gone.contains("does not exist"), "the TAP goes with the device: \(gone)")
         await host.shutdown()
     }
-}
 
+    /// The sim's toolstack: `xenback guest create --nic bridge=...,ip=...`
+    /// lays out the VIF and starts its netfront process; the peer pings it;
+    /// `guest destroy` stops the frontend, which closes, and removes it all.
+    @Test func guestCreateWithANIC() async throws {
+        let lab = try NetworkLab(subnet: 80)
+        defer { lab.destroy() }
+        let dir = "/tmp/xenback-gnet-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o755)
+        defer { _ = runShell("rm -rf \(dir)") }
+        let json = "{\"net\": {\"namespace\": \"/var/run/netns/\(lab.hostNamespace)\"}}"
+        _ = runShell("printf '%s' '\(json)' > \(dir)/xenbackd.json")
+        let host = try await SimProcesses(daemonArguments: ["--config", dir + "/xenbackd.json"])
+        let (xenback, simSocket) = (host.xenback, host.simSocket)
+        let (status, output) = try await offThePool {
+            runShell("\(xenback) guest create --sim \(simSocket) --name web --nic bridge=\(lab.bridge),ip=10.80.0.2 2>&1")
+        }
+        #expect(status == 0 && output.contains("nic 0 (vif1.0) frontend pid"), "\(output)")
+        let (pingStatus, ping) = lab.inPeer("ping -c 2 -i 0.3 -w 20 10.80.0.2")
+        #expect(pingStatus == 0 && ping.contains("bytes from 10.80.0.2"), "\(ping)")
+        let (destroyStatus, destroyed) = try await offThePool { runShell("\(xenback) guest destroy --sim \(simSocket) --name web 2>&1") }
+        #expect(destroyStatus == 0 && destroyed.contains("destroyed"), "\(destroyed)")
+        #expect(try await host.dom0.readIfPresent("/local/domain/0/backend/vif/1/0") == nil, "the backend directory is gone")
+        let (_, gone) = lab.inHost("ip link show vif1.0 2>&1")
+        #expect(gone.contains("does not exist"), "the TAP goes with the device: \(gone)")
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+}
