@@ -11,10 +11,10 @@ import XenNetBackend
 /// ```json
 /// { "block": { "engine": "libaio", "maxQueues": 4, "maxRingPageOrder": 4,
 ///              "maxIndirectSegments": 256, "persistentGrants": 4096,
-///              "directIO": true, "pollMicroseconds": 0 },
+///              "directIO": true, "pollMicroseconds": 0, "parkAfterMilliseconds": 1000 },
 ///   "net": { "maxQueues": 2, "captureDirectory": "/var/lib/xenback/pcap",
 ///            "namespace": "/var/run/netns/guests", "receiveQueueBytes": 524288,
-///            "stallMilliseconds": 60000 },
+///            "stallMilliseconds": 60000, "parkAfterMilliseconds": 1000 },
 ///   "metrics": { "file": "/var/lib/node_exporter/xenback.prom" },
 ///   "log": { "level": "info" } }
 /// ```
@@ -27,6 +27,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var persistentGrants: Int?
         public var directIO: Bool?
         public var pollMicroseconds: Int?
+        public var parkAfterMilliseconds: Int?
     }
     public struct Net: Codable, Sendable, Equatable {
         public var maxQueues: Int?
@@ -34,6 +35,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var namespace: String?
         public var receiveQueueBytes: Int?
         public var stallMilliseconds: Int?
+        public var parkAfterMilliseconds: Int?
     }
     public struct Metrics: Codable, Sendable, Equatable {
         public var file: String?
@@ -50,8 +52,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     static let knownKeys: [String: Set<String>] = [
         "": ["block", "net", "metrics", "log"],
-        "net": ["maxQueues", "captureDirectory", "namespace", "receiveQueueBytes", "stallMilliseconds"],
-        "block": ["engine", "maxQueues", "maxRingPageOrder", "maxIndirectSegments", "persistentGrants", "directIO", "pollMicroseconds"],
+        "net": ["maxQueues", "captureDirectory", "namespace", "receiveQueueBytes", "stallMilliseconds", "parkAfterMilliseconds"],
+        "block": ["engine", "maxQueues", "maxRingPageOrder", "maxIndirectSegments", "persistentGrants", "directIO", "pollMicroseconds", "parkAfterMilliseconds"],
         "metrics": ["file"],
         "log": ["level"],
     ]
@@ -122,6 +124,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = b.persistentGrants { c.maximumPersistentGrants = v }
         if let v = b.directIO { c.directIO = v }
         if let v = b.pollMicroseconds { c.pollMicroseconds = v }
+        if let v = b.parkAfterMilliseconds { c.parkAfterMilliseconds = v }
         do { try c.validate() } catch {
             throw .badValue(source: source, key: "block", reason: "\(error)")
         }
@@ -151,6 +154,7 @@ extension DaemonConfiguration {
         }
         if let v = n.receiveQueueBytes { c.receiveQueueBytes = v }
         if let v = n.stallMilliseconds { c.receiveStallMilliseconds = v }
+        if let v = n.parkAfterMilliseconds { c.parkAfterMilliseconds = v }
         do { try c.validate() } catch {
             throw .badValue(source: source, key: "net", reason: "\(error)")
         }

@@ -32,10 +32,14 @@ public struct BlockBackendConfiguration: Sendable, Equatable {
     /// completions and requests before sleeping (0: sleep at once).
     /// Idle rings never poll.
     public var pollMicroseconds: Int
+    /// A ring idle this long gives its thread back until its next event
+    /// (0: never), so idle devices hold no threads.
+    public var parkAfterMilliseconds: Int
 
     public init(engine: BlockEngineKind = .default, maximumQueues: Int = BlockBackendConfiguration.onlineCPUs,
                 maximumRingPageOrder: Int = 4, maximumIndirectSegments: Int = 256, directIO: Bool = true,
-                maximumPersistentGrants: Int = 4096, pollMicroseconds: Int = 0) {
+                maximumPersistentGrants: Int = 4096, pollMicroseconds: Int = 0, parkAfterMilliseconds: Int = 1000) {
+        self.parkAfterMilliseconds = parkAfterMilliseconds
         self.maximumPersistentGrants = maximumPersistentGrants
         self.pollMicroseconds = pollMicroseconds
         self.engine = engine
@@ -54,6 +58,9 @@ public struct BlockBackendConfiguration: Sendable, Equatable {
         }
         guard (0...10_000).contains(pollMicroseconds) else {
             throw .configuration("poll time \(pollMicroseconds) µs is not in 0...10000")
+        }
+        guard (0...3_600_000).contains(parkAfterMilliseconds) else {
+            throw .configuration("park-after \(parkAfterMilliseconds) ms is not in 0...3600000")
         }
         guard (1...64).contains(maximumQueues) else { throw .configuration("maximum queues \(maximumQueues) is not in 1...64") }
         guard (0...4).contains(maximumRingPageOrder) else { throw .configuration("maximum ring page order \(maximumRingPageOrder) is not in 0...4") }
@@ -84,7 +91,8 @@ public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertibl
 
 /// The rings a device is serving, seen from the control side.
 protocol BlockRingService: AnyObject, Sendable {
-    func run(stopDescriptor: Int32) throws(BlockBackendError)
+    func run(stopDescriptor: Int32, parkAfterMilliseconds: Int) throws(BlockBackendError) -> WorkerExit
+    var wakeDescriptors: [Int32] { get }
     var statistics: BlockStatistics { get }
 }
 extension BlockRingWorker: BlockRingService {}
@@ -133,6 +141,9 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         logger[metadataKey: "device"] = .string(backendPath)
         self.logger = logger
     }
+
+    /// Ring workers on a thread now (idle rings are parked without one).
+    public var runningWorkerThreads: Int { running.withLock { $0.threads?.runningThreads ?? 0 } }
 
     /// The device's counters, summed over its rings (past connections included).
     public var statistics: BlockStatistics.Snapshot {
@@ -330,10 +341,13 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         let workers = started
         let threads: RingWorkerGroup
         do {
-            threads = try RingWorkerGroup(count: workers.count, onStart: BlockBackendInstrumentation.workerThreadStart) { q, stop in
-                do { try workers[q].run(stopDescriptor: stop) } catch {
+            let park = configuration.parkAfterMilliseconds
+            threads = try RingWorkerGroup(count: workers.count, onStart: BlockBackendInstrumentation.workerThreadStart,
+                                          wakeDescriptors: { workers[$0].wakeDescriptors }) { q, stop in
+                do { return try workers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
                     // A broken ring stops that ring only (as Linux halts it).
                     logger.error("ring \(q) stopped: \(error)")
+                    return .stopped
                 }
             }
         } catch {

@@ -212,8 +212,13 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Serves the ring until `stopDescriptor` becomes readable, then drains:
     /// every request taken off the ring is answered before it returns.
-    /// Sleeps on the event channel and the engine's completions between kicks.
-    public func run(stopDescriptor: Int32) throws(BlockBackendError) {
+    /// Sleeps on the event channel and the engine's completions between
+    /// kicks. With `parkAfterMilliseconds` > 0 it returns `.idle` once that
+    /// long passed with nothing in flight and nothing on the ring (having
+    /// asked the frontend for an event), so its thread can go; calling `run`
+    /// again resumes it.
+    @discardableResult
+    public func run(stopDescriptor: Int32, parkAfterMilliseconds: Int = 0) throws(BlockBackendError) -> WorkerExit {
         var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -228,12 +233,15 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             if canTakeRequests && ring.finalCheckForRequests() { continue }
             if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
             for i in fds.indices { fds[i].revents = 0 }
+            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted
             // A refused submission is retried after a millisecond.
-            let n = poll(&fds, 3, submissionPending ? 1 : -1)
+            let timeout: Int32 = submissionPending ? 1 : (idle && parkAfterMilliseconds > 0 ? Int32(clamping: parkAfterMilliseconds) : -1)
+            let n = poll(&fds, 3, timeout)
             if n < 0 && errno == EINTR { continue }
+            if n == 0 && idle && parkAfterMilliseconds > 0 { return .idle }
             if fds[2].revents != 0 {
                 drain()
-                return
+                return .stopped
             }
             if fds[0].revents != 0 {
                 // Take and re-enable the port before looking at the ring, so
@@ -245,6 +253,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             }
         }
     }
+
+    /// What wakes a parked worker: its event channel device.
+    public var wakeDescriptors: [Int32] { [events.fileDescriptor] }
 
     /// Watches for completions and new requests for up to `pollNanoseconds`;
     /// true if something turned up.

@@ -27,11 +27,15 @@ public struct NetBackendConfiguration: Sendable, Equatable {
     /// The host side's MAC (Linux netback: fe:ff:ff:ff:ff:ff, so bridges
     /// never take the VIF's address as their own).
     public var hostMAC: [UInt8]
+    /// A queue idle this long gives its thread back until its next event or
+    /// frame (0: never), so idle VIFs hold no threads.
+    public var parkAfterMilliseconds: Int
 
     public init(maximumQueues: Int = min(8, NetBackendConfiguration.onlineCPUs), namespace: NetworkNamespace = .current,
                 captureDirectory: String? = nil, receiveQueueBytes: Int = 512 * 1024, receiveStallMilliseconds: Int = 60_000,
                 receiveDrainMilliseconds: Int = 10_000, hotplugTimeoutMilliseconds: Int = 30_000,
-                hostMAC: [UInt8] = [0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]) {
+                hostMAC: [UInt8] = [0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], parkAfterMilliseconds: Int = 1000) {
+        self.parkAfterMilliseconds = parkAfterMilliseconds
         self.maximumQueues = maximumQueues
         self.namespace = namespace
         self.captureDirectory = captureDirectory
@@ -53,6 +57,9 @@ public struct NetBackendConfiguration: Sendable, Equatable {
             throw .configuration("timeouts must be positive")
         }
         guard hostMAC.count == 6 else { throw .configuration("host MAC must be 6 bytes") }
+        guard (0...3_600_000).contains(parkAfterMilliseconds) else {
+            throw .configuration("park-after \(parkAfterMilliseconds) ms is not in 0...3600000")
+        }
     }
 }
 
@@ -126,6 +133,8 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         running.withLock { r in r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot } }
     }
     public var negotiation: NetNegotiation? { running.withLock { $0.negotiation } }
+    /// Queue workers on a thread now (idle queues are parked without one).
+    public var runningWorkerThreads: Int { running.withLock { $0.threads?.runningThreads ?? 0 } }
     /// The host interface's name once made.
     public var interfaceName: String? { running.withLock { $0.tap?.name } }
     /// Why the VIF was disabled (a fatal frontend error), if it was.
@@ -325,11 +334,14 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         let queueWorkers = workers
         let threads: RingWorkerGroup
         do {
-            threads = try RingWorkerGroup(count: queueWorkers.count, onStart: NetBackendInstrumentation.workerThreadStart) { [weak self] q, stop in
-                do { try queueWorkers[q].run(stopDescriptor: stop) } catch {
+            let park = configuration.parkAfterMilliseconds
+            threads = try RingWorkerGroup(count: queueWorkers.count, onStart: NetBackendInstrumentation.workerThreadStart,
+                                          wakeDescriptors: { queueWorkers[$0].wakeDescriptors }) { [weak self] q, stop in
+                do { return try queueWorkers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
                     // Linux disables the whole VIF on these; others carry on.
                     logger.error("queue \(q): \(error); VIF disabled until the frontend reconnects")
                     self?.disable(reason: "\(error)")
+                    return .stopped
                 }
             }
         } catch {

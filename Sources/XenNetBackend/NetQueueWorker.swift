@@ -313,8 +313,12 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         rxRing.memory.base.load(fromByteOffset: 4, as: UInt32.self)
     }
 
-    /// Serves the queue until `stopDescriptor` becomes readable.
-    public func run(stopDescriptor: Int32) throws(NetBackendError) {
+    /// Serves the queue until `stopDescriptor` becomes readable. With
+    /// `parkAfterMilliseconds` > 0 it returns `.idle` once that long passed
+    /// with nothing queued, no credit wait and both rings' final checks
+    /// done, so its thread can go; calling `run` again resumes it.
+    @discardableResult
+    public func run(stopDescriptor: Int32, parkAfterMilliseconds: Int = 0) throws(NetBackendError) -> WorkerExit {
         var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: tapDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -322,14 +326,17 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         while true {
             let now = monotonicNanoseconds()
             try process(now: now)
-            guard let timeout = prepareToSleep(now: now) else { continue }
+            guard var timeout = prepareToSleep(now: now) else { continue }
+            let idle = timeout < 0 && parkAfterMilliseconds > 0
+            if idle { timeout = Int32(clamping: parkAfterMilliseconds) }
             // Stop reading the TAP while our queue is full: the kernel's
             // queue in front of it bounds what waits there.
             fds[1].events = rxRoom ? Int16(POLLIN) : 0
             for i in fds.indices { fds[i].revents = 0 }
             let n = poll(&fds, 3, timeout)
             if n < 0 && errno == EINTR { continue }
-            if fds[2].revents != 0 { return }
+            if n == 0 && idle { return .idle }
+            if fds[2].revents != 0 { return .stopped }
             if fds[0].revents != 0 {
                 let taken: Int
                 do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
@@ -338,6 +345,9 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             }
         }
     }
+
+    /// What wakes a parked worker: its event channel device and its TAP queue.
+    public var wakeDescriptors: [Int32] { [events.fileDescriptor, tapDescriptor] }
 
     // MARK: Guest transmit
 

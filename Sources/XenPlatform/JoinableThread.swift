@@ -117,34 +117,79 @@ public final class WorkerStartHook: Sendable {
     public func run() { hook.withLock { $0 }?() }
 }
 
-/// The threads serving one device's rings or queues, stopped together: each
-/// body gets its index and the descriptor that becomes readable on stop.
+/// The workers serving one device's rings or queues, stopped together.
+/// Each body gets its index and the descriptor that becomes readable on
+/// stop. A body that returns `.idle` gives its thread back: the worker is
+/// parked in the `IdleReactor` on its wake descriptors (and the stop
+/// descriptor) and gets a new thread when one fires, so an idle device
+/// holds no thread.
 public final class RingWorkerGroup: Sendable {
     public let stopDescriptor: Int32
-    private let threads: [WorkerThread]
+    private let body: @Sendable (_ index: Int, _ stopDescriptor: Int32) -> WorkerExit
+    private let wakeDescriptors: @Sendable (_ index: Int) -> [Int32]
+    private let onStart: WorkerStartHook?
+    private let reactor: IdleReactor
+    /// Workers not yet stopped, those on a thread now, and who waits for the last.
+    private let state = Mutex<(active: Int, running: Int, waiters: [CheckedContinuation<Void, Never>])>((0, 0, []))
 
-    public init(count: Int, onStart: WorkerStartHook? = nil, _ body: @escaping @Sendable (_ index: Int, _ stopDescriptor: Int32) -> Void) throws(EventChannelError) {
+    public init(count: Int, onStart: WorkerStartHook? = nil, reactor: IdleReactor = .shared,
+                wakeDescriptors: @escaping @Sendable (_ index: Int) -> [Int32] = { _ in [] },
+                _ body: @escaping @Sendable (_ index: Int, _ stopDescriptor: Int32) -> WorkerExit) throws(EventChannelError) {
         let stop = eventfd(0, Int32(EFD_CLOEXEC))
         guard stop >= 0 else { throw .system(operation: "eventfd", errno: errno) }
         stopDescriptor = stop
-        var started: [WorkerThread] = []
-        for i in 0..<count {
-            let start: (@Sendable () -> Void)? = onStart.map { hook in { @Sendable in hook.run() } }
-            started.append(WorkerThread(onStart: start) { body(i, stop) })
-        }
-        threads = started
+        self.body = body
+        self.wakeDescriptors = wakeDescriptors
+        self.onStart = onStart
+        self.reactor = reactor
+        state.withLock { $0.active = count }
+        for i in 0..<count { startThread(i) }
     }
 
-    /// Asks every thread to stop (they answer what they have in flight first).
+    /// Workers on a thread right now (the rest are parked or stopped).
+    public var runningThreads: Int { state.withLock { $0.running } }
+
+    private func startThread(_ index: Int) {
+        state.withLock { $0.running += 1 }
+        let hook = onStart
+        JoinableThread {
+            hook?.run()
+            let exit = self.body(index, self.stopDescriptor)
+            self.state.withLock { $0.running -= 1 }
+            switch exit {
+            case .idle:
+                // The reactor owns what it watches: our own copy of the stop descriptor.
+                let wake = self.wakeDescriptors(index).map { dup($0) } + [dup(self.stopDescriptor)]
+                self.reactor.park(descriptors: wake.filter { $0 >= 0 }) { self.startThread(index) }
+            case .stopped:
+                let waiters = self.state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                    s.active -= 1
+                    guard s.active == 0 else { return [] }
+                    defer { s.waiters = [] }
+                    return s.waiters
+                }
+                for w in waiters { w.resume() }
+            }
+        }.detach()
+    }
+
+    /// Asks every worker to stop (they answer what they have in flight
+    /// first); parked ones are woken for it.
     public func requestStop() {
         var one: UInt64 = 1
         _ = write(stopDescriptor, &one, 8)
     }
 
-    /// Stops the threads and waits until every body returned.
+    /// Stops the workers and waits until every body returned `.stopped`.
     public func stop() async {
         requestStop()
-        for t in threads { await t.finished() }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.active > 0 { s.waiters.append(c) }
+                return s.active == 0
+            }
+            if done { c.resume() }
+        }
         close(stopDescriptor)
     }
 }

@@ -107,6 +107,37 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
         await host.shutdown()
     }
 
+    /// An idle ring gives its thread back (parked on its event channel in
+    /// the shared reactor) and gets one again with the next request; a
+    /// parked device still closes cleanly.
+    @Test func idleRingsHoldNoThread() async throws {
+        let host = try await SimHost(guestPages: 1024, grantEntries: 2048)
+        let file = TempDisk(megabytes: 4)
+        let disk = try await ToolstackDisk.create(xenstore: host.backendStore, frontend: host.guest.id, target: file.path)
+        let (device, task) = host.startBackend(disk, configuration: BlockBackendConfiguration(maximumQueues: 2, parkAfterMilliseconds: 50))
+        let front = try await host.connect(disk, BlockRingX86_64.self, options: BlockFrontendOptions(queues: 2, slotsPerQueue: 4))
+        func awaitParked() async throws -> Int {
+            try await offThePool { () -> Int in
+                for _ in 0..<500 where device.runningWorkerThreads > 0 { usleep(10_000) }
+                return device.runningWorkerThreads
+            }
+        }
+        #expect(try await awaitParked() == 0, "both idle rings parked")
+        for round in 0..<3 {
+            for (q, queue) in front.queues.enumerated() {
+                let data = pattern(8192, seed: round * 2 + q)
+                #expect(try queue.write(sector: UInt64(q * 64), data) == .okay)
+                let (status, back) = try queue.read(sector: UInt64(q * 64), byteCount: 8192)
+                #expect(status == .okay && back == data, "a parked ring wakes for its next request")
+            }
+            #expect(try await awaitParked() == 0)
+        }
+        #expect(try await front.close())
+        try await disk.setOffline(xenstore: host.backendStore)
+        try await task.value
+        await host.shutdown()
+    }
+
     @Test func readOnlyAndCdrom() async throws {
         let host = try await SimHost(guestPages: 512, grantEntries: 1024)
         let file = TempDisk(megabytes: 2)

@@ -114,6 +114,58 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
     }
 }
 
+@Suite(.serialized) struct NetParkingTests {
+    /// Idle queues give their threads back and wake for the next frame from
+    /// either side (a guest transmit kick, or a frame on the TAP).
+    @Test func idleQueuesHoldNoThread() async throws {
+        let configuration = NetBackendConfiguration(maximumQueues: 2, parkAfterMilliseconds: 50)
+        try await withVIF(options: NetFrontendOptions(queues: 2), configuration: configuration) { _, lab, device, front in
+            func awaitParked() async throws -> Int {
+                try await offThePool { () -> Int in
+                    for _ in 0..<500 where device.runningWorkerThreads > 0 { usleep(10_000) }
+                    return device.runningWorkerThreads
+                }
+            }
+            #expect(try await awaitParked() == 0, "both idle queues parked")
+            let injector = try lab.injector()
+            for round in 0..<2 {
+                // Guest → host: each queue's kick wakes its worker.
+                let before = device.statistics.txPackets
+                for queue in front.queues {
+                    try await offThePool {
+                        queue.clearTxResponses()
+                        try queue.send(hostFrame(lab, to: Frames.broadcast, sourcePort: 50 + round))
+                        _ = try queue.awaitTxResponses(1)
+                    }
+                }
+                #expect(device.statistics.txPackets == before + 2)
+                #expect(try await awaitParked() == 0)
+                // Host → guest: frames on the TAP wake whichever queue the kernel picks.
+                let base = 40_000 + round * 100
+                for i in 0..<16 { _ = injector.inject(hostFrame(lab, sourcePort: base + i)) }
+                let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for queue in front.queues {
+                        group.addTask {
+                            try await offThePool { () throws -> Int in
+                                var n = 0
+                                while let f = try queue.receive(timeoutMilliseconds: 500) {
+                                    if let p = sourcePort(f.bytes), (base..<(base + 16)).contains(p) { n += 1 }
+                                }
+                                return n
+                            }
+                        }
+                    }
+                    var total = 0
+                    for try await c in group { total += c }
+                    return total
+                }
+                #expect(counts == 16, "every frame delivered after being parked")
+                #expect(try await awaitParked() == 0)
+            }
+        }
+    }
+}
+
 @Suite(.serialized) struct NetNegotiationTests {
     /// One event channel for both rings (no split), the frontend's MTU on
     /// the VIF, and the offloads the frontend declined left off the TAP.

@@ -4,6 +4,7 @@
 #define CXEN_SHIMS_H
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 
 /// memfd_create(2): anonymous shared memory with an fd (guest memory, grant
 /// tables) that can be mapped several times and passed to other processes.
