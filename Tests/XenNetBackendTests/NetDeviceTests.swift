@@ -184,6 +184,23 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
         }
     }
 
+    /// A `bridge` key naming no bridge: the connection fails, `error` says
+    /// which bridge, and the device still closes and goes away cleanly.
+    @Test func missingBridgeIsReported() async throws {
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        let host = try await SimNetHost()
+        let nic = try await host.attachNIC(mac: guestMAC, bridge: "nosuchbr")
+        let (_, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
+        await #expect(throws: (any Error).self) { _ = try await host.connect(nic) }
+        let error = try await host.frontendStore.readIfPresent(nic.backendPath + "/error") ?? ""
+        #expect(error.contains("bridge nosuchbr"), "\(error)")
+        try await nic.setOffline(xenstore: host.backendStore)
+        try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.closed.rawValue)")
+        try await task.value
+        await host.shutdown()
+    }
+
     /// A frontend that does not request rx-copy (page flipping) is refused,
     /// and the error names the key.
     @Test func rxFlipIsRefused() async throws {
