@@ -116,6 +116,19 @@ extension NetFrontendQueue {
         return answered
     }
 
+    /// `peerIP`'s MAC address by ARP (answering ARP and pings for `ip`
+    /// meanwhile), or nil after `timeoutMilliseconds` without a reply.
+    public func resolve(from mac: [UInt8], ip: [UInt8], peer peerIP: [UInt8], timeoutMilliseconds: Int32 = 5_000) throws -> [UInt8]? {
+        try send(Frames.arpRequest(senderMAC: mac, senderIP: ip, targetIP: peerIP))
+        while let frame = try receive(timeoutMilliseconds: timeoutMilliseconds)?.bytes {
+            if let reply = Frames.answer(frame, mac: mac, ip: ip) { try send(reply); continue }
+            if frame.count >= 42 && frame[12] == 8 && frame[13] == 6 && frame[21] == 2 && Array(frame[28..<32]) == peerIP {
+                return Array(frame[22..<28])
+            }
+        }
+        return nil
+    }
+
     /// Pings `peerIP` from (`mac`, `ip`): resolves it with ARP, sends
     /// `count` echo requests, returns how many replies came back. Answers
     /// the peer's own ARP requests meanwhile.

@@ -20,8 +20,9 @@ struct DemoCommand: AsyncParsableCommand {
         (`xenback front blk --soak`) writes, flushes, reads back and checks its disk while \
         doing random I/O, each in its own process. As root, the guest also gets a NIC: \
         xenbackd puts its VIF on a bridge in a private network namespace with a peer on a \
-        veth, the guest's netfront (`xenback front net`) pings the peer and the peer pings \
-        the guest. A live table shows the disk's state, IOPS and MB/s. Ctrl-C or the end \
+        veth, the guest's netfront (`xenback front net`) pings the peer, streams UDP to it and \
+        answers the peer's pings. A live table shows each device's state, IOPS or packets/s \
+        and MB/s. Ctrl-C or the end \
         tears everything down and prints a summary; the exit status is 0 only if every block \
         verified, every ping was answered and every process stopped cleanly.
         """)
@@ -96,7 +97,8 @@ struct DemoCommand: AsyncParsableCommand {
         if let lab, let nic = guest.nics.first {
             _ = try await awaitXenbusState(toolstack.xenstore, nic.backendPath, timeout: .seconds(10), "xenbackd to take the NIC") { $0 == .initWait }
             let ip = lab.guestIP.map(String.init).joined(separator: "."), peer = lab.peerIP.map(String.init).joined(separator: ".")
-            netfront = try toolstack.startNetFrontend(guest, nic: 0, ip: ip, ping: peer, serveSeconds: 3, logFile: dir + "/netfront-\(guest.domain.rawValue).log")
+            netfront = try toolstack.startNetFrontend(guest, nic: 0, ip: ip, ping: peer, serveSeconds: 3, streamSeconds: max(1, seconds - 2),
+                                                      logFile: dir + "/netfront-\(guest.domain.rawValue).log")
             peerPing = Task.detached { lab.inPeer("ping -c 3 -i 0.3 -w 20 \(ip)") }
             print("  NIC          vif\(guest.domain.rawValue).0 on bridge \(lab.bridge) (namespace \(lab.hostNamespace)), guest \(ip), peer \(peer); netfront pid \(netfront!.pid)")
         } else {
@@ -104,48 +106,72 @@ struct DemoCommand: AsyncParsableCommand {
         }
         print("")
 
-        // 4. Live display until the guest's frontend finishes (or Ctrl-C).
+        // 4. Live display until the guest's frontends finish (or Ctrl-C):
+        // one row per device, rewritten in place on a terminal.
         DemoSignal.install()
         let live = isatty(1) == 1
-        var last = "starting", samples: [Double] = [], megabytes: [Double] = [], summary = "", verified = 0, mismatches = 0
-        var lines = 0
-        let header = "device        state        IOPS       MB/s   verified blocks  mismatches"
-        print(header)
-        while true {
-            if DemoSignal.interrupted.load(ordering: .relaxed) { front.signal(SIGTERM) }
-            guard front.hasOutput(milliseconds: 250) else {
-                continue
+        var samples: [Double] = [], megabytes: [Double] = [], summary = "", verified = 0, mismatches = 0
+        var diskRow = "xvda (dom\(guest.domain.rawValue))".padding(14) + "starting"
+        var nicRow: String? = netfront.map { _ in "vif\(guest.domain.rawValue).0".padding(14) + "starting" }
+        var netLines: [String] = [], packetRates: [Double] = []
+        var printedRows = 0
+        print("device        state        IOPS/pps   MB/s   verified blocks  mismatches")
+        func redraw() {
+            if live && printedRows > 0 { print(String(repeating: "\u{1B}[1A\u{1B}[2K", count: printedRows), terminator: "") }
+            let rows = [diskRow] + (nicRow.map { [$0] } ?? [])
+            for r in rows { print(r) }
+            printedRows = live ? rows.count : 0
+            fflush(nil)
+        }
+        func stateOf(_ path: String) async -> String {
+            (try? await toolstack.xenstore.readIfPresent(path + "/state")).flatMap { $0 }.flatMap { UInt32($0) }
+                .flatMap { XenbusState(rawValue: $0) }.map { "\($0)" } ?? "?"
+        }
+        var diskOpen = true, nicOpen = netfront != nil
+        while diskOpen || nicOpen {
+            if DemoSignal.interrupted.load(ordering: .relaxed) { front.signal(SIGTERM); netfront?.signal(SIGTERM) }
+            var fds = [pollfd(fd: diskOpen ? front.outputDescriptor : -1, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: nicOpen ? netfront!.outputDescriptor : -1, events: Int16(POLLIN), revents: 0)]
+            guard poll(&fds, 2, 250) > 0 else { continue }
+            if diskOpen && fds[0].revents != 0 {
+                guard let line = front.line() else { diskOpen = false; continue }
+                if line.hasPrefix("progress") {
+                    let f = fields(line)
+                    samples.append(Double(f["iops"] ?? "") ?? 0)
+                    megabytes.append(Double(f["mbps"] ?? "") ?? 0)
+                    verified = Int(f["verified"] ?? "") ?? verified
+                    mismatches = Int(f["mismatches"] ?? "") ?? mismatches
+                    diskRow = "xvda (dom\(guest.domain.rawValue))".padding(14) + (await stateOf(disk.backendPath)).padding(13)
+                        + (f["iops"] ?? "-").padding(11) + (f["mbps"] ?? "-").padding(7) + "\(verified)".padding(17) + "\(mismatches)"
+                    redraw()
+                } else if line.hasPrefix("verified:") {
+                    summary = line
+                }
             }
-            guard let line = front.line() else { break }
-            if line.hasPrefix("progress") {
-                let f = fields(line)
-                samples.append(Double(f["iops"] ?? "") ?? 0)
-                megabytes.append(Double(f["mbps"] ?? "") ?? 0)
-                verified = Int(f["verified"] ?? "") ?? verified
-                mismatches = Int(f["mismatches"] ?? "") ?? mismatches
-                let state = (try? await toolstack.xenstore.readIfPresent(disk.backendPath + "/state"))
-                    .flatMap { $0 }.flatMap { UInt32($0) }.flatMap { XenbusState(rawValue: $0) }.map { "\($0)" } ?? "?"
-                last = "xvda (dom\(guest.domain.rawValue))".padding(14) + state.padding(13) + (f["iops"] ?? "-").padding(11)
-                    + (f["mbps"] ?? "-").padding(7) + "\(verified)".padding(17) + "\(mismatches)"
-                if live && lines > 0 { print("\u{1B}[1A\u{1B}[2K", terminator: "") }
-                print(last)
-                fflush(nil)
-                lines += 1
-            } else if line.hasPrefix("verified:") {
-                summary = line
+            if nicOpen && fds[1].revents != 0 {
+                guard let line = netfront!.line() else { nicOpen = false; continue }
+                netLines.append(line)
+                if line.hasPrefix("progress"), let nic = guest.nics.first {
+                    let f = fields(line)
+                    packetRates.append(Double(f["pps"] ?? "") ?? 0)
+                    nicRow = "vif\(guest.domain.rawValue).0".padding(14) + (await stateOf(nic.backendPath)).padding(13)
+                        + (f["pps"] ?? "-").padding(11) + (f["mbps"] ?? "-")
+                    redraw()
+                }
             }
         }
         let frontStatus = front.wait()
         var networkLine = "skipped (\(whyNoNetwork))"
         var networkOK = true
         if let netfront {
-            var guestPing = ""
-            while let line = netfront.line() { if line.hasPrefix("ping ") { guestPing = line } }
+            let guestPing = netLines.first { $0.hasPrefix("ping ") } ?? ""
+            let streamLine = netLines.first { $0.hasPrefix("stream:") } ?? ""
             let netStatus = netfront.wait()
             let (peerStatus, peerOutput) = await peerPing!.value
             let peerReceived = peerOutput.split(separator: "\n").first { $0.contains("received") }.map(String.init) ?? "no reply"
             networkOK = netStatus == 0 && peerStatus == 0
-            networkLine = "guest → peer: \(guestPing.isEmpty ? "no result (exit \(netStatus))" : guestPing); peer → guest: \(peerReceived)"
+            let meanPPS = packetRates.isEmpty ? 0 : packetRates.reduce(0, +) / Double(packetRates.count)
+            networkLine = "guest → peer: \(guestPing.isEmpty ? "no result (exit \(netStatus))" : guestPing); \(streamLine) (mean \(fmt(meanPPS, 0)) pps); peer → guest: \(peerReceived)"
         }
 
         // 5. Tear down: detach, destroy the guest, stop the daemon and the sim.

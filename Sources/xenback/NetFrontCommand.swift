@@ -54,6 +54,9 @@ struct NetFrontCommand: AsyncParsableCommand {
     @Option(help: "Answer ARP and pings for --ip until this many seconds pass without a frame.")
     var serve: Int = 0
 
+    @Option(help: "After the pings, stream UDP to the --ping address for this many seconds (a burst each second), printing a progress line per second.")
+    var stream: Int = 0
+
     @Option(help: "Queues to ask for.")
     var queues: Int = 1
 
@@ -66,6 +69,8 @@ struct NetFrontCommand: AsyncParsableCommand {
         if let ping, parseIPv4(ping) == nil { throw ValidationError("--ping must be an IPv4 address, got \(ping)") }
         if let mac, parseMAC(mac) == nil { throw ValidationError("--mac must look like 00:16:3e:12:34:56, got \(mac)") }
         guard ping != nil || serve > 0 else { throw ValidationError("nothing to do: give --ping ADDRESS and/or --serve SECONDS") }
+        guard stream == 0 || ping != nil else { throw ValidationError("--stream sends to the --ping address: give --ping too") }
+        guard (0...86_400).contains(stream) else { throw ValidationError("--stream must be 0...86400 seconds") }
         guard (1...8).contains(queues) else { throw ValidationError("--queues must be 1...8") }
         if bridge != nil && getuid() != 0 { throw ValidationError("in-process mode makes a TAP on the bridge: run it as root") }
         if let captureDirectory {
@@ -117,7 +122,31 @@ struct NetFrontCommand: AsyncParsableCommand {
             let count = self.count
             let replies = try await onOwnThread { try queue.ping(from: mac, ip: address, to: peer, count: count) }
             print("ping \(ping): \(replies)/\(count) replies")
+            fflush(nil)
             ok = replies == count
+            if stream > 0 {
+                let seconds = stream
+                let sent = try await onOwnThread { () throws -> Int in
+                    guard let peerMAC = try queue.resolve(from: mac, ip: address, peer: peer) else { return -1 }
+                    let frame = Frames.udp(sourceMAC: mac, destinationMAC: peerMAC, sourceIP: address, destinationIP: peer,
+                                           sourcePort: 40_000, destinationPort: 9, payload: [UInt8](repeating: 0x5A, count: 958))
+                    var total = 0
+                    // A quarter-second burst each second: a steady stream, not a CPU hog.
+                    for _ in 0..<seconds {
+                        let start = monotonicNanoseconds()
+                        let n = try queue.blast(frame, until: start + 250_000_000)
+                        total += n
+                        print("progress pps=\(n) mbps=\(fmt(Double(n * frame.count) / 1e6, 1))")
+                        fflush(nil)
+                        // The rest of the second: answer ARP and pings meanwhile.
+                        let end = start + 1_000_000_000
+                        _ = try queue.serve(mac: mac, ip: address, idleMilliseconds: .max, until: { monotonicNanoseconds() >= end })
+                    }
+                    return total
+                }
+                print(sent < 0 ? "stream: \(ping) did not answer ARP" : "stream: \(sent) frames to \(ping)")
+                ok = ok && sent > 0
+            }
         }
         if serve > 0 {
             let idle = Int32(clamping: serve * 1000)

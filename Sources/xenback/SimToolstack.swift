@@ -139,13 +139,14 @@ struct SimToolstack {
 
     /// `xenback front net` for NIC `index` of `guest`, in its own process:
     /// answers ARP and pings for `ip` and pings `ping`.
-    func startNetFrontend(_ guest: Guest, nic index: Int, ip: String, ping: String?, serveSeconds: Int, logFile: String? = nil) throws -> ChildProcess {
+    func startNetFrontend(_ guest: Guest, nic index: Int, ip: String, ping: String?, serveSeconds: Int, streamSeconds: Int = 0,
+                          logFile: String? = nil) throws -> ChildProcess {
         guard let xenback = siblingExecutable("xenback") else { throw ToolstackError.badArgument("cannot find the xenback executable") }
         let first = UInt32(max(1, guest.disks.count)) * Self.framesPerDisk + UInt32(index) * Self.framesPerNIC
         return try ChildProcess([
             xenback, "front", "net", "--sim", simSocket, "--domain", "\(guest.domain.rawValue)", "--handle", "\(guest.nics[index].handle)",
             "--ip", ip, "--serve", "\(serveSeconds)", "--first-frame", "\(first)",
-        ] + (ping.map { ["--ping", $0] } ?? []), standardError: logFile)
+        ] + (ping.map { ["--ping", $0] } ?? []) + (streamSeconds > 0 ? ["--stream", "\(streamSeconds)"] : []), standardError: logFile)
     }
 
     /// `xenback front blk --soak` for disk `index` of `guest`, in its own process.
