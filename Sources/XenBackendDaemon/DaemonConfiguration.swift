@@ -14,7 +14,7 @@ import XenNetBackend
 ///              "directIO": true, "pollMicroseconds": 0, "parkAfterMilliseconds": 1000 },
 ///   "net": { "maxQueues": 2, "captureDirectory": "/var/lib/xenback/pcap",
 ///            "namespace": "/var/run/netns/guests", "receiveQueueBytes": 524288,
-///            "stallMilliseconds": 60000, "parkAfterMilliseconds": 1000 },
+///            "stallMilliseconds": 60000, "parkAfterMilliseconds": 1000, "rate": "12500000,50000" },
 ///   "metrics": { "file": "/var/lib/node_exporter/xenback.prom" },
 ///   "log": { "level": "info" } }
 /// ```
@@ -36,6 +36,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var receiveQueueBytes: Int?
         public var stallMilliseconds: Int?
         public var parkAfterMilliseconds: Int?
+        /// "bytes,usec" for VIFs without a `rate` key.
+        public var rate: String?
     }
     public struct Metrics: Codable, Sendable, Equatable {
         public var file: String?
@@ -52,7 +54,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     static let knownKeys: [String: Set<String>] = [
         "": ["block", "net", "metrics", "log"],
-        "net": ["maxQueues", "captureDirectory", "namespace", "receiveQueueBytes", "stallMilliseconds", "parkAfterMilliseconds"],
+        "net": ["maxQueues", "captureDirectory", "namespace", "receiveQueueBytes", "stallMilliseconds", "parkAfterMilliseconds", "rate"],
         "block": ["engine", "maxQueues", "maxRingPageOrder", "maxIndirectSegments", "persistentGrants", "directIO", "pollMicroseconds", "parkAfterMilliseconds"],
         "metrics": ["file"],
         "log": ["level"],
@@ -155,6 +157,12 @@ extension DaemonConfiguration {
         if let v = n.receiveQueueBytes { c.receiveQueueBytes = v }
         if let v = n.stallMilliseconds { c.receiveStallMilliseconds = v }
         if let v = n.parkAfterMilliseconds { c.parkAfterMilliseconds = v }
+        if let v = n.rate {
+            guard let r = NetRate(xenstoreValue: v) else {
+                throw .badValue(source: source, key: "net.rate", reason: "\"\(v)\" is not \"bytes,microseconds\" with both positive")
+            }
+            c.defaultRate = r
+        }
         do { try c.validate() } catch {
             throw .badValue(source: source, key: "net", reason: "\(error)")
         }

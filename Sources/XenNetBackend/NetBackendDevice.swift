@@ -30,6 +30,8 @@ public struct NetBackendConfiguration: Sendable, Equatable {
     /// A queue idle this long gives its thread back until its next event or
     /// frame (0: never), so idle VIFs hold no threads.
     public var parkAfterMilliseconds: Int
+    /// Guest transmit rate for VIFs whose toolstack gave no `rate` key.
+    public var defaultRate: NetRate?
 
     public init(maximumQueues: Int = min(8, NetBackendConfiguration.onlineCPUs), namespace: NetworkNamespace = .current,
                 captureDirectory: String? = nil, receiveQueueBytes: Int = 512 * 1024, receiveStallMilliseconds: Int = 60_000,
@@ -59,6 +61,9 @@ public struct NetBackendConfiguration: Sendable, Equatable {
         guard hostMAC.count == 6 else { throw .configuration("host MAC must be 6 bytes") }
         guard (0...3_600_000).contains(parkAfterMilliseconds) else {
             throw .configuration("park-after \(parkAfterMilliseconds) ms is not in 0...3600000")
+        }
+        if let r = defaultRate, r.bytes <= 0 || r.microseconds <= 0 {
+            throw .configuration("default rate must be positive bytes per positive microseconds")
         }
     }
 }
@@ -201,7 +206,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         guard let handle = Int(handleText), handle >= 0 else {
             throw NetDeviceError.badKey(path: backendPath + "/handle", value: handleText, why: "expected the device handle, a number")
         }
-        var rate: NetRate?
+        var rate = configuration.defaultRate
         if let text = try await key("rate"), !text.isEmpty {
             guard let r = NetRate(xenstoreValue: text) else {
                 throw NetDeviceError.badKey(path: backendPath + "/rate", value: text, why: "expected \"bytes,microseconds\", both positive")

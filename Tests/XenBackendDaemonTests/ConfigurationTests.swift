@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenBackendDaemon
 import XenBlockBackend
+import XenNetBackend
 import XenProtocolTesting
 
 @Suite struct DaemonConfigurationTests {
@@ -20,6 +21,34 @@ import XenProtocolTesting
                                                directIO: false, maximumPersistentGrants: 0, pollMicroseconds: 5))
         #expect(c.metrics?.file == "/tmp/x.prom" && c.log?.level == "debug")
         #expect(try parse("{}").blockConfiguration() == BlockBackendConfiguration(), "an empty file keeps the defaults")
+    }
+
+    @Test func theNetworkSection() throws {
+        let c = try parse(#"""
+            { "net": { "maxQueues": 2, "captureDirectory": "/tmp", "namespace": "/proc/self/ns/net", "receiveQueueBytes": 131072,
+                       "stallMilliseconds": 5000, "parkAfterMilliseconds": 0, "rate": "125000,10000" } }
+            """#)
+        let n = try c.netConfiguration()
+        var expected = NetBackendConfiguration(maximumQueues: 2, namespace: NetworkNamespace(path: "/proc/self/ns/net"), captureDirectory: "/tmp",
+                                               receiveQueueBytes: 131_072, receiveStallMilliseconds: 5000, parkAfterMilliseconds: 0)
+        expected.defaultRate = NetRate(bytes: 125_000, microseconds: 10_000)
+        #expect(n == expected)
+        #expect(try parse("{}").netConfiguration() == NetBackendConfiguration(), "an empty file keeps the defaults")
+        let bad: [(String, String)] = [
+            (#"{ "net": { "rate": "fast" } }"#, "net.rate"),
+            (#"{ "net": { "captureDirectory": "/nonexistent" } }"#, "net.captureDirectory"),
+            (#"{ "net": { "namespace": "/var/run/netns/nope" } }"#, "net.namespace"),
+            (#"{ "net": { "maxQueues": 99 } }"#, "maximum queues 99"),
+            (#"{ "net": { "queues": 2 } }"#, "net.queues"),
+        ]
+        for (json, mention) in bad {
+            do {
+                _ = try parse(json)
+                Issue.record("accepted: \(json)")
+            } catch {
+                #expect("\(error)".contains(mention), "\(json): \(error)")
+            }
+        }
     }
 
     @Test func everyBadValueNamesItsKey() {
