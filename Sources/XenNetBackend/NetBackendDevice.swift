@@ -186,7 +186,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         try await publishProbeFeatures(tap: tap)
         logger.info("interface \(tap.name) created", metadata: ["bridge": "\(setup.bridge ?? "-")"])
         let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.frontendPath, logger: logger)
-        try await loop.run(connect: { try await self.connect(setup, tap: tap, capture: capture) },
+        try await loop.run(connect: { try await self.connect(setup, tap: try self.liveTap(), capture: capture) },
                            disconnect: { await self.disconnect() })
     }
 
@@ -344,7 +344,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
                                           wakeDescriptors: { queueWorkers[$0].wakeDescriptors }) { [weak self] q, stop in
                 do { return try queueWorkers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
                     // Linux disables the whole VIF on these; others carry on.
-                    logger.error("queue \(q): \(error); VIF disabled until the frontend reconnects")
+                    logger.error("\(error); VIF disabled until the frontend reconnects", metadata: ["queue": "\(q)"])
                     self?.disable(reason: "\(error)")
                     return .stopped
                 }
@@ -373,6 +373,20 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         logger.info("connected", metadata: ["queues": "\(queues)", "split": "\(split)", "ctrl": "\(control != nil)",
                                             "gso": "\(options.gsoTCPv4)/\(options.gsoTCPv6)", "mtu": "\(mtu)"])
+    }
+
+    /// The VIF's TAP, made again if someone deleted the interface (it then
+    /// comes back for the next connection, without bridge or address).
+    private func liveTap() throws -> TapDevice {
+        guard let tap = running.withLock({ $0.tap }) else { throw NetDeviceError.configuration("the device has no TAP") }
+        if tap.exists { return tap }
+        logger.warning("interface \(tap.name) was deleted; making it again")
+        let made: TapDevice
+        do { made = try TapDevice(name: tap.name, queues: 1, multiQueue: tap.multiQueue, namespace: tap.namespace) } catch {
+            throw NetDeviceError.host(error)
+        }
+        running.withLock { $0.tap = made }
+        return made
     }
 
     private func awaitHotplug(script: String) async throws {

@@ -155,6 +155,8 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
     var stalledSince = 0  // monotonic ns the head packet started waiting, 0 if not
     var stalled = false
     var hashCache = HashSettings()
+    /// The TAP interface was deleted under us (its descriptor only errors now).
+    var tapGone = false
 
     /// Maps both rings (one page each), binds the event channel(s): one
     /// port when `rxRemotePort` is nil, split channels otherwise.
@@ -337,6 +339,9 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             if n < 0 && errno == EINTR { continue }
             if n == 0 && idle { return .idle }
             if fds[2].revents != 0 { return .stopped }
+            // A deleted TAP reports an error for ever: stop rather than spin.
+            if fds[1].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { tapGone = true }
+            if tapGone { throw .fatal("queue \(queueIndex): the TAP interface went away") }
             if fds[0].revents != 0 {
                 let taken: Int
                 do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
@@ -630,7 +635,8 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             let n = read(tapDescriptor, buffer, Self.packetStride)
             if n < 0 {
                 if errno == EINTR { continue }
-                return  // EAGAIN: empty
+                if errno != EAGAIN { tapGone = true }  // EBADFD, EIO: the interface is gone
+                return
             }
             if n == 0 { return }
             if stalled {

@@ -97,6 +97,12 @@ public final class TapDevice: Sendable {
         descriptors.withLock { $0 += added }
     }
 
+    /// Whether the interface is still there (someone may `ip link del` it).
+    public var exists: Bool {
+        let name = self.name
+        return (try? namespace.run { () throws(NetworkSetupError) -> Bool in CXenNet_link_index(name) >= 0 }) ?? false
+    }
+
     /// What the kernel may hand us on reads (TUN_F_*): only what the
     /// frontend said it can take.
     public func setOffloads(checksum: Bool, tcpv4: Bool, tcpv6: Bool) throws(NetworkSetupError) {

@@ -10,6 +10,7 @@ import XenPlatform
 import XenProtocolTesting
 import XenRing
 import XenSim
+import XenStoreProtocol
 
 /// Slots of one UDP frame to the peer: the first carries `firstBytes` of
 /// it, each fragment `fragmentSize` (page `200 + i`). Returns the slots
@@ -291,6 +292,40 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
                 try await ringStillWorks(queue, device, lab: lab)
             }
         }
+    }
+
+    /// The host deletes the VIF's TAP under traffic: the queue stops (no
+    /// spinning on the dead descriptor) with a reason that says so, and when
+    /// the guest reconnects the interface is made again and works.
+    @Test func tapDeletedUnderTraffic() async throws {
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        let host = try await SimNetHost()
+        let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge)
+        let (device, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
+        let front = try await host.connect(nic)
+        let injector = try lab.injector()
+        for i in 0..<200 { _ = injector.inject(hostFrame(lab, sourcePort: 60_000 + i)) }
+        let (status, output) = lab.inHost("ip link del vif7.0")
+        #expect(status == 0, "\(output)")
+        try await expectDisabled(device, front.queues[0], mentioning: "TAP interface went away")
+        let stopped = try await offThePool { () -> Int in
+            for _ in 0..<500 where device.runningWorkerThreads > 0 { usleep(10_000) }
+            return device.runningWorkerThreads
+        }
+        #expect(stopped == 0, "the queue's thread ended instead of spinning")
+        // The guest reconnects (as after a reboot): a new TAP joins the bridge.
+        #expect(try await front.close())
+        try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.initialising.rawValue)")
+        let again = try await host.connect(nic)
+        let queue = again.queues[0]
+        let replies = try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 2) }
+        #expect(replies == 2)
+        #expect(device.disabledReason == nil)
+        #expect(try await again.close())
+        try await nic.setOffline(xenstore: host.backendStore)
+        try await task.value
+        await host.shutdown()
     }
 
     /// XSA-332: a storm of notifications is absorbed; the VIF still works.
