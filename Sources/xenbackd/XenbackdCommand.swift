@@ -67,6 +67,9 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: Logger.Level?
 
+    @Option(help: "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (for example 127.0.0.1:9512; port 0 picks a free one, printed on the ready line).")
+    var metricsListen: String?
+
     @Option(help: "Write Prometheus metrics (per-device requests, bytes, errors) to this file every second, replacing it atomically (node_exporter's textfile collector reads it).")
     var metricsFile: String?
 
@@ -110,6 +113,9 @@ struct XenbackdCommand: AsyncParsableCommand {
             _ = try blockConfiguration(file)
             _ = try netConfiguration(file)
         } catch { throw ValidationError("\(error)") }
+        if let metricsListen, Self.parseListen(metricsListen) == nil {
+            throw ValidationError("--metrics-listen must be ADDRESS:PORT (a port in 0...65535), got \(metricsListen)")
+        }
         if platform.resolved() == .sim && simSocket == nil {
             throw ValidationError("--platform sim needs --sim-socket (the control socket of `xenback sim serve`)")
         }
@@ -133,18 +139,47 @@ struct XenbackdCommand: AsyncParsableCommand {
         if let path = metricsFile {
             exporter = { @Sendable in Self.writeMetrics(registry, to: path) }
         }
+        var endpoint: MetricsEndpoint?
+        if let listen = metricsListen.flatMap(Self.parseListen) {
+            do {
+                endpoint = try await MetricsEndpoint.start(host: listen.host, port: listen.port, registry: registry)
+            } catch {
+                throw ValidationError("--metrics-listen \(listen.host):\(listen.port): cannot listen there: \(error)")
+            }
+        }
+        do {
+            try await serve(registry: registry, exporter: exporter, endpoint: endpoint,
+                            block: blockConfiguration, net: netConfiguration, logger: logger)
+        } catch {
+            await endpoint?.stop()
+            throw error
+        }
+        await endpoint?.stop()
+    }
+
+    private func serve(registry: PrometheusCollectorRegistry, exporter: (@Sendable () -> Void)?, endpoint: MetricsEndpoint?,
+                       block: BlockBackendConfiguration, net: NetBackendConfiguration, logger: Logger) async throws {
         let backend = DomainID(domain)
+        let readyLine = "ready pid=\(getpid())" + (endpoint.map { " metrics=\($0.url)" } ?? "")
         switch platform.resolved() {
         case .sim, .auto:
             let client = try SimClient(socketPath: simSocket!)
             let xenstore = try await client.xenstore(as: backend)
             try await serve(BackendDaemon(platform: client.platform(backend: backend), xenstore: xenstore,
-                                          block: blockConfiguration, net: netConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
+                                          block: block, net: net, onMetricsUpdated: exporter, logger: logger),
+                            readyLine: readyLine, logger: logger)
         case .host:
             let xenstore = try await XenStoreClient.connectToSystem()
             try await serve(BackendDaemon(platform: try HostPlatform(backendDomain: backend), xenstore: xenstore,
-                                          block: blockConfiguration, net: netConfiguration, onMetricsUpdated: exporter, logger: logger), logger: logger)
+                                          block: block, net: net, onMetricsUpdated: exporter, logger: logger),
+                            readyLine: readyLine, logger: logger)
         }
+    }
+
+    static func parseListen(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        let host = String(text[..<colon])
+        return host.isEmpty ? nil : (host, port)
     }
 
     /// The registry in Prometheus' text format, written to a temporary file
@@ -160,7 +195,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         if written == bytes.count { rename(temporary, path) } else { unlink(temporary) }
     }
 
-    func serve<P: XenPlatform>(_ daemon: BackendDaemon<P>, logger: Logger) async throws {
+    func serve<P: XenPlatform>(_ daemon: BackendDaemon<P>, readyLine: String, logger: Logger) async throws {
         let group = ServiceGroup(configuration: .init(services: [.init(service: daemon)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         // SIGHUP: read the file again; a bad file is logged and the old settings stay.
@@ -181,7 +216,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         defer { reload.cancel() }
         // "ready" once the tree is watched, inside the group (signals trapped).
         daemon.onReady = {
-            print("ready pid=\(getpid())")
+            print(readyLine)
             fflush(nil)
         }
         try await group.run()

@@ -83,4 +83,13 @@ import XenProtocolTesting
         #expect(status != 0)
         #expect(output.contains("maximum queues 0 is not in 1...64") && output.contains(path), "\(output)")
     }
+
+    @Test func xenbackdRefusesAMetricsAddressItCannotUse() throws {
+        let xenbackd = try #require(builtProduct("xenbackd"))
+        let (badStatus, badOutput) = runShell("\(xenbackd) --platform sim --sim-socket /nonexistent --metrics-listen 127.0.0.1 2>&1")
+        #expect(badStatus != 0 && badOutput.contains("--metrics-listen must be ADDRESS:PORT") && badOutput.contains("got 127.0.0.1"), "\(badOutput)")
+        // A well-formed address that cannot be bound fails before any device is served.
+        let (status, output) = runShell("\(xenbackd) --platform sim --sim-socket /nonexistent --metrics-listen 192.0.2.1:9512 2>&1")
+        #expect(status != 0 && output.contains("--metrics-listen 192.0.2.1:9512: cannot listen there"), "\(output)")
+    }
 }

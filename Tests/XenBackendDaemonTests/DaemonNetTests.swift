@@ -24,7 +24,11 @@ import XenStoreProtocol
         let config = dir + "/xenbackd.json"
         let json = "{\"net\": {\"namespace\": \"/var/run/netns/\(lab.hostNamespace)\", \"maxQueues\": 2}}"
         _ = runShell("printf '%s' '\(json)' > \(config)")
-        let host = try await SimProcesses(daemonArguments: ["--config", config, "--metrics-file", dir + "/m.prom"])
+        let host = try await SimProcesses(daemonArguments: ["--config", config, "--metrics-file", dir + "/m.prom",
+                                                            "--metrics-listen", "127.0.0.1:0"])
+        let metricsURL = host.daemonReadyLine.split(separator: " ").first { $0.hasPrefix("metrics=http://127.0.0.1:") }
+        let port = try #require(metricsURL.flatMap { Int($0.dropFirst("metrics=http://127.0.0.1:".count).prefix { $0.isNumber }) },
+                                "the ready line names the metrics address: \(host.daemonReadyLine)")
         let (xenback, simSocket, dom0) = (host.xenback, host.simSocket, host.dom0)
         _ = try host.toolstack.createDomain(DomainID(7), pages: 4096, grantEntries: 4096)
         let nic = try await ToolstackNIC.create(xenstore: dom0, frontend: DomainID(7), handle: 0,
@@ -62,6 +66,11 @@ import XenStoreProtocol
         let row = table.split(separator: "\n").first { $0.hasPrefix("vif7.0") }.map(String.init) ?? ""
         let numbers = row.split(separator: " ").compactMap { Int($0) }
         #expect(row.contains(lab.bridge) && numbers.count >= 3 && numbers[1] >= 5 && numbers[2] >= 5, "tx and rx packets counted:\n\(table)")
+        // The same series over HTTP, for a Prometheus server to scrape.
+        let (_, scraped) = try await offThePool {
+            runShell("timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/\(port); printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'")
+        }
+        #expect(scraped.hasPrefix("HTTP/1.0 200") && scraped.contains("xenback_net_packets_total{domid=\"7\",handle=\"0\",direction=\"tx\"}"), "\(scraped)")
 
         try await nic.setOffline(xenstore: dom0)
         _ = try await awaitXenbusState(dom0, nic.backendPath, "backend Closed") { $0 == .closed }

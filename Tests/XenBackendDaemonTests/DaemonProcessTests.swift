@@ -18,6 +18,8 @@ final class SimProcesses {
     let simSocket: String, xsSocket: String
     let sim: Child
     var daemon: Child
+    /// The daemon's "ready pid=... [metrics=URL]" line.
+    var daemonReadyLine = ""
     let toolstack: SimClient
     let dom0: XenStoreClient
 
@@ -29,19 +31,20 @@ final class SimProcesses {
         xsSocket = "/tmp/xenback-xs-\(tag).sock"
         sim = try Child([xenback, "sim", "serve", "--socket", simSocket, "--xenstore-socket", xsSocket, "--log-level", "warning"])
         try #require(sim.line()?.hasPrefix("ready") == true, "the sim started")
-        daemon = try Self.startDaemon(xenbackd, simSocket, daemonArguments)
+        (daemon, daemonReadyLine) = try Self.startDaemon(xenbackd, simSocket, daemonArguments)
         toolstack = try SimClient(socketPath: simSocket)
         dom0 = try await XenStoreClient.connect(socketPath: xsSocket)
     }
 
-    static func startDaemon(_ xenbackd: String, _ simSocket: String, _ arguments: [String]) throws -> Child {
+    static func startDaemon(_ xenbackd: String, _ simSocket: String, _ arguments: [String]) throws -> (Child, String) {
         let daemon = try Child([xenbackd, "--platform", "sim", "--sim-socket", simSocket, "--log-level", "critical"] + arguments)
-        try #require(daemon.line()?.hasPrefix("ready") == true, "xenbackd started")
-        return daemon
+        let ready = daemon.line() ?? ""
+        try #require(ready.hasPrefix("ready"), "xenbackd started")
+        return (daemon, ready)
     }
 
     /// A new xenbackd (after the old one died).
-    func restartDaemon(_ arguments: [String] = []) throws { daemon = try Self.startDaemon(xenbackd, simSocket, arguments) }
+    func restartDaemon(_ arguments: [String] = []) throws { (daemon, daemonReadyLine) = try Self.startDaemon(xenbackd, simSocket, arguments) }
 
     /// Stops the daemon with SIGTERM; its exit status.
     func stopDaemon() -> Int32 {
