@@ -341,7 +341,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     private func start(_ request: BlockRequest) {
         switch BlockValidation.action(for: request, disk: geometry) {
         case .reject(let status, _):
-            respond(id: request.id, operation: request.operation, status: status)
+            respond(id: request.id, operation: request.responseOperation, status: status)
         case .discard(let sector, let count, let secure):
             // Synchronous: fallocate and BLKDISCARD are metadata work.
             statistics.add(statistics.discardRequests)
@@ -349,15 +349,15 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             do { try backing.discard(offset: sector * 512, count: count * 512, secure: secure) } catch {
                 if case .io(_, let e) = error, e == EOPNOTSUPP { status = .notSupported } else { status = .error }
             }
-            respond(id: request.id, operation: request.operation, status: status)
+            respond(id: request.id, operation: request.responseOperation, status: status)
         case .flush:
             statistics.add(statistics.flushRequests)
             let slot = takeSlot()
-            slots[slot] = Slot(id: request.id, operation: request.operation, phase: .flushOnly)
+            slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: .flushOnly)
             issue(slot: slot)
         case .transfer(let write, let sector, let count, let indirectPages, let flushBefore, let flushAfter):
             let slot = takeSlot()
-            slots[slot] = Slot(id: request.id, operation: request.operation, phase: flushBefore ? .flushBefore : .data,
+            slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: flushBefore ? .flushBefore : .data,
                                write: write, flushAfter: flushAfter, sector: sector, segmentCount: count)
             guard let sectors = gatherSegments(request, slot: slot, count: count, indirectPages: indirectPages),
                   indirectPages == 0 || BlockValidation.checkRange(sector: sector, count: UInt64(sectors), disk: geometry) == nil

@@ -368,7 +368,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         try push(request)
         var answer: BlockResponse?
         try awaitResponses { answer = $0; return false }
-        return answer!
+        // Linux blkfront's checks: our id, and the operation the request implies.
+        guard let answer, answer.id == request.id, answer.operation == request.responseOperation else {
+            throw BlockFrontendError.request("response \(answer.map { "id \($0.id) operation \($0.operation.rawValue)" } ?? "missing") does not answer request id \(request.id) (operation \(request.responseOperation.rawValue) expected)")
+        }
+        return answer
     }
 
     public func write(sector: UInt64, _ bytes: [UInt8], barrier: Bool = false) throws -> BlockStatus {

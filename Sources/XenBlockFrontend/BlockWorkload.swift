@@ -113,7 +113,8 @@ extension BlockFrontendQueue {
                 completed += 1
                 let slot = Int(truncatingIfNeeded: response.id)
                 guard (0..<depth).contains(slot) else { errors += 1; continue }  // not an id we sent
-                if response.status != .okay { errors += 1 }
+                // An answer naming another operation is an error, as Linux blkfront treats it.
+                if response.status != .okay || response.operation != prepared[slot].responseOperation { errors += 1 }
                 if !stopping && mayIssue() {
                     issue(slot)
                     // Publish every few, so the backend starts before the whole batch is answered.

@@ -78,6 +78,12 @@ public struct BlockRequest: Sendable {
     @inlinable public var discardFlags: UInt8 { UInt8(truncatingIfNeeded: words[0] >> 8) }
     @inlinable public var discardSectorCount: UInt64 { words[3] }
 
+    /// The operation a response to this request carries: the request's own,
+    /// except for INDIRECT, whose response names the inner `indirect_op`
+    /// (Linux blkback answers so, and Linux blkfront since 2021 disables a
+    /// disk whose response says INDIRECT).
+    @inlinable public var responseOperation: BlockOperation { operation == .indirect ? indirectOperation : operation }
+
     // MARK: blkif_request_indirect
 
     @inlinable public var indirectOperation: BlockOperation { BlockOperation(rawValue: UInt8(truncatingIfNeeded: words[0] >> 8)) }
