@@ -12,7 +12,7 @@ protocol DeviceMetrics: AnyObject, Sendable {
 /// what changed since the last one. Labelled with domid and devid.
 final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used only under the daemon's device-table lock
     private let readRequests, writeRequests, flushRequests, discardRequests: Counter
-    private let readBytes, writeBytes, errors, outOfResources: Counter
+    private let readBytes, writeBytes, errors, outOfResources, ringsHalted: Counter
     private let connected: Gauge
     private var last = BlockStatistics.Snapshot.zero
 
@@ -25,6 +25,7 @@ final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used on
         writeBytes = Counter(label: "xenback_block_bytes_total", dimensions: d + [("op", "write")])
         errors = Counter(label: "xenback_block_errors_total", dimensions: d)
         outOfResources = Counter(label: "xenback_block_out_of_resources_total", dimensions: d)
+        ringsHalted = Counter(label: "xenback_block_rings_halted_total", dimensions: d)
         connected = Gauge(label: "xenback_block_connected", dimensions: d)
     }
 
@@ -40,12 +41,13 @@ final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used on
         add(writeBytes, s.writeSectors * 512, last.writeSectors * 512)
         add(errors, s.errors, last.errors)
         add(outOfResources, s.outOfResources, last.outOfResources)
+        add(ringsHalted, s.ringsHalted, last.ringsHalted)
         connected.record(isConnected ? 1 : 0)
         last = s
     }
 
     func destroy() {
-        for c in [readRequests, writeRequests, flushRequests, discardRequests, readBytes, writeBytes, errors, outOfResources] { c.destroy() }
+        for c in [readRequests, writeRequests, flushRequests, discardRequests, readBytes, writeBytes, errors, outOfResources, ringsHalted] { c.destroy() }
         connected.destroy()
     }
 }

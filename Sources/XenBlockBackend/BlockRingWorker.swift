@@ -185,6 +185,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         if submissionPending { submit() }
         let taken: Int
         do { taken = try takeRequests() } catch {
+            if case .halted = error {} else { statistics.add(statistics.ringsHalted) }  // counted once, when it halts
             completeAvailable()
             pushResponses()
             throw .ring(error)

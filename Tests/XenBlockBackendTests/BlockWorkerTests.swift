@@ -269,6 +269,7 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
         g.guest.page(0).storeBytes(of: UInt32(1000), as: UInt32.self)  // req_prod far past the ring
         #expect(throws: BlockBackendError.self) { try worker.processRing() }
         #expect(throws: BlockBackendError.ring(.halted)) { try worker.processRing() }
+        #expect(worker.statistics.snapshot.ringsHalted == 1, "the halt is counted once (xenback_block_rings_halted_total)")
     }
 }
 
