@@ -1,0 +1,128 @@
+#!/bin/sh
+# Runs in dom0: one guest per backend, each created with stock `xl create`
+# as a user would, then checks from dom0's side. Backends (lab_backends=,
+# joined with +): kernel (xen-blkback, xen-netback), qdisk (QEMU's userspace
+# disk backend; the NIC is left out), xenbackd (ours, with the kernel's
+# backend modules unloaded, serving backend/vbd and backend/vif as libxl lays
+# them out, hotplug scripts included). Every xl and xenstore call runs under
+# `timeout` (TCG occasionally wedges a dom0 process).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+t() { echo "LAB-T $(cut -d' ' -f1 /proc/uptime) $*"; }
+arg() { sed -n "s/.*$1=\([a-z0-9+]*\).*/\1/p" /proc/cmdline; }
+RT=$(arg lab_rt); RT=${RT:-5}
+MODE=$(arg lab_mode); MODE=${MODE:-smoke}
+BACKENDS=$(arg lab_backends); BACKENDS=${BACKENDS:-xenbackd}
+KVER=$(ls /lib/modules | sort -V | tail -1)
+check() { echo "LAB-CHECK $be $1 $2 ${3:-}"; }
+xs() { timeout 10 xenstore-read "$@" 2>/dev/null; }
+
+dd if=/dev/urandom of=/tmp/disk.img bs=1M count=512 status=none
+t disk-image-ready
+iperf3 -s -D -B 10.0.0.1
+
+for be in $(echo $BACKENDS | tr '+' ' '); do
+  name=guest-$be; net=1; vcpus=1; [ $MODE = full ] && vcpus=2
+  loop=""
+  case $be in
+    kernel)
+      modprobe xen-blkback; modprobe xen-netback
+      loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'";;
+    qdisk)
+      disk="'format=raw, vdev=xvdb, access=rw, backendtype=qdisk, target=/tmp/disk.img'"; net=0;;
+    xenbackd)
+      modprobe -r xen-netback xen-blkback 2>/dev/null
+      if lsmod | grep -q -E '^xen_(blk|net)back'; then check kernel-backends-unloaded FAIL "$(lsmod | grep back)"; fi
+      loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'"
+      xenbackd --platform host --log-level info --metrics-file /run/xenbackd.prom > /run/xenbackd.out 2> /run/xenbackd.log &
+      daemon=$!
+      i=0; while ! grep -q '^ready' /run/xenbackd.out 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+      if grep -q '^ready' /run/xenbackd.out; then check daemon-ready ok "$(cat /run/xenbackd.out)"; else check daemon-ready FAIL "$(tail -3 /run/xenbackd.log)"; fi;;
+  esac
+  vif=""; [ $net = 1 ] && vif="vif = [ 'mac=00:16:3e:00:00:02,bridge=br0' ]"
+  cat > /tmp/$name.cfg <<C
+name = "$name"
+type = "pv"
+kernel = "/boot/vmlinuz-$KVER"
+ramdisk = "/lab/domu-initrd.gz"
+extra = "console=hvc0 lab_mode=$MODE lab_rt=$RT lab_be=$be lab_net=$net"
+memory = 512
+vcpus = $vcpus
+disk = [ $disk ]
+$vif
+on_poweroff = "destroy"
+on_crash = "destroy"
+C
+  t "xl-create-$be"
+  if ! timeout 120 xl create /tmp/$name.cfg > /tmp/$name.create.log 2>&1; then
+    check xl-create FAIL "$(tail -3 /tmp/$name.create.log | tr '\n' ' ')"
+  else
+    check xl-create ok
+  fi
+  domid=$(timeout 10 xl domid $name 2>/dev/null)
+  t "xl-create-$be-returned domid=$domid"
+  console=/var/log/xen/console/guest-$name.log
+  pinged=0; detached=0; miss=0; i=0; shown=0; dshown=0
+  deadline=300; [ $MODE = full ] && deadline=1200
+  # Until the guest is gone (its xenstore name vanishes, 3 misses in a row), act on its
+  # markers and relay its console and the daemon's log as they grow.
+  while [ -n "$domid" ] && [ $i -lt $deadline ]; do
+    n=$(wc -l < $console 2>/dev/null || echo 0)
+    [ "$n" -gt $shown ] && sed -n "$((shown+1)),${n}p" $console | sed "s/^/LAB-GUEST $be /" && shown=$n
+    if [ $be = xenbackd ]; then
+      n=$(wc -l < /run/xenbackd.log)
+      [ "$n" -gt $dshown ] && sed -n "$((dshown+1)),${n}p" /run/xenbackd.log | cut -c1-300 | sed "s/^/LAB-DAEMON /" && dshown=$n
+    fi
+    if xs /local/domain/$domid/name >/dev/null; then miss=0; else miss=$((miss+1)); [ $miss -ge 3 ] && break; fi
+    if [ $pinged = 0 ] && grep -q 'LAB-T .* net-up' $console 2>/dev/null; then
+      pinged=1
+      if timeout 30 busybox ping -c 3 -W 3 10.0.0.2 >/dev/null 2>&1; then check ping-guest ok; else check ping-guest FAIL "10.0.0.2 did not answer"; fi
+      # What the frontends and the backend agreed on, read where the toolstack would.
+      for d in /local/domain/$domid/device/vbd/51728 /local/domain/$domid/device/vif/0; do
+        be_path=$(xs $d/backend)
+        echo "LAB-NEGOTIATED $be $(basename $(dirname $d)) frontend: queues=$(xs $d/multi-queue-num-queues) ring-page-order=$(xs $d/ring-page-order) persistent=$(xs $d/feature-persistent) gso-tcpv4=$(xs $d/feature-gso-tcpv4) sg=$(xs $d/feature-sg) rx-copy=$(xs $d/request-rx-copy) split=$( [ -n "$(xs $d/event-channel-tx)$(xs $d/queue-0/event-channel-tx)" ] && echo 1 || echo 0) backend: max-queues=$(xs $be_path/multi-queue-max-queues) indirect=$(xs $be_path/feature-max-indirect-segments) persistent=$(xs $be_path/feature-persistent) discard=$(xs $be_path/feature-discard) state=$(xs $be_path/state)"
+      done
+    fi
+    if [ $detached = 0 ] && grep -q 'LAB-T .* wait-detach' $console 2>/dev/null; then
+      detached=1
+      timeout 60 xl block-detach $name xvdb || check xl-block-detach FAIL "rc $?"
+      sleep 2
+      timeout 60 xl block-attach $name "$(echo $disk | tr -d "'")" || check xl-block-attach FAIL "rc $?"
+      if [ $net = 1 ]; then
+        sleep 2
+        timeout 60 xl network-detach $name 0 || check xl-network-detach FAIL "rc $?"
+        sleep 2
+        timeout 60 xl network-attach $name mac=00:16:3e:00:00:02 bridge=br0 || check xl-network-attach FAIL "rc $?"
+      fi
+    fi
+    sleep 1; i=$((i+1))
+  done
+  t "guest-$be-gone after ${i}s"
+  [ $i -ge $deadline ] && check guest-deadline FAIL "the guest still ran after $deadline s"
+  n=$(wc -l < $console 2>/dev/null || echo 0)
+  [ "$n" -gt $shown ] && sed -n "$((shown+1)),${n}p" $console | sed "s/^/LAB-GUEST $be /"
+  grep -q 'LAB-DOMU-DONE' $console || { check guest-finished FAIL "no LAB-DOMU-DONE; console tail:"; tail -5 $console | sed 's/^/LAB-CONSOLE /'; }
+  [ -n "$domid" ] && timeout 30 xl destroy $domid >/dev/null 2>&1
+  # The guest's pattern, read from the backing file in dom0: the other path.
+  p=$(grep -m1 '^LAB-PATTERN' $console)
+  if [ -n "$p" ]; then
+    off=$(echo "$p" | sed 's/.*offset_mb=\([0-9]*\).*/\1/'); size=$(echo "$p" | sed 's/.*size_mb=\([0-9]*\).*/\1/'); want=$(echo "$p" | sed 's/.*md5=\([0-9a-f]*\).*/\1/')
+    got=$(dd if=/tmp/disk.img bs=1M skip=$off count=$size status=none | md5sum | cut -d' ' -f1)
+    if [ "$got" = "$want" ]; then check backing-readback ok "the guest's $size MiB read from dom0's backing file"; else check backing-readback FAIL "backing has $got, guest wrote $want"; fi
+  fi
+  if [ $MODE = full ]; then
+    # mkfs and fstrim discard; on a loop device over tmpfs that punches holes in the file.
+    alloc=$(du -m /tmp/disk.img | cut -f1)
+    if [ $alloc -lt 300 ]; then check discard-reaches-backing ok "$alloc MiB of 512 allocated after mkfs and fstrim"; else check discard-reaches-backing FAIL "$alloc MiB of 512 still allocated"; fi
+    dd if=/dev/urandom of=/tmp/disk.img bs=1M count=512 conv=notrunc status=none
+  fi
+  [ -n "$loop" ] && losetup -d $loop
+  if [ $be = xenbackd ]; then
+    # Every device was closed and removed; SIGTERM ends the daemon with status 0.
+    sed 's/^/LAB-METRIC xenbackd /' /run/xenbackd.prom 2>/dev/null | grep -E 'requests_total|packets_total' | grep -v '^LAB-METRIC xenbackd #'
+    kill -TERM $daemon; i=0; while kill -0 $daemon 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    wait $daemon; rc=$?
+    if [ $rc = 0 ]; then check daemon-stopped ok "SIGTERM, exit 0"; else check daemon-stopped FAIL "exit $rc"; fi
+    sed -n "$((dshown+1)),\$p" /run/xenbackd.log | cut -c1-300 | sed "s/^/LAB-DAEMON /"
+  fi
+done
+dmesg | grep -E 'segfault|BUG|Oops|general protection' | sed 's/^/LAB-WARN /'

@@ -1,0 +1,111 @@
+#!/bin/busybox sh
+# The guest's /init (busybox initramfs): Linux's own xen-blkfront and
+# xen-netfront against whichever backend dom0 gives it, then the scenario the
+# kernel command line names (lab_mode=smoke|full, lab_be=NAME, lab_rt=SECONDS,
+# lab_net=0|1). Results are LAB-* lines on the console, which dom0's
+# xenconsoled logs and dom0 relays; dom0 acts on the LAB-T markers.
+/bin/busybox --install -s /bin; export PATH=/bin:/usr/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmpfs /tmp
+args=$(cat /proc/cmdline)
+arg() { echo "$args" | sed -n "s/.*$1=\([a-z0-9]*\).*/\1/p"; }
+MODE=$(arg lab_mode); MODE=${MODE:-smoke}; BE=$(arg lab_be); RT=$(arg lab_rt); RT=${RT:-5}; NET=$(arg lab_net)
+t() { echo "LAB-T $(cut -d' ' -f1 /proc/uptime) $*"; }
+check() { echo "LAB-CHECK $BE $1 $2 ${3:-}"; }   # name ok|FAIL detail
+info() { echo "LAB-INFO $BE $*"; }
+t domU-init-start
+for m in /lib/modules/*.ko; do insmod $m; done
+
+wait_for() {  # seconds condition...
+  n=$(( $1 * 10 )); shift
+  while [ $n -gt 0 ]; do eval "$@" && return 0; sleep 0.1; n=$((n-1)); done; return 1
+}
+echos_in() { awk '/^Icmp:/ && !h {h=1; for(i=1;i<=NF;i++) c[i]=$i; next} /^Icmp:/ {for(i=1;i<=NF;i++) if (c[i]=="InEchos") print $i}' /proc/net/snmp; }
+net_up() {  # interface
+  ip link set lo up; ip addr add 10.0.0.2/24 dev $1; ip link set $1 up
+  tries=0; while ! ping -c1 -W1 10.0.0.1 >/dev/null 2>&1 && [ $tries -lt 30 ]; do tries=$((tries+1)); done
+  if ping -c 3 -W 2 10.0.0.1 >/dev/null 2>&1; then check "ping-dom0$2" ok "after $tries tries"; else check "ping-dom0$2" FAIL "no answer from 10.0.0.1"; fi
+}
+# A region at the end of the disk that dom0 reads back from the backing after the guest is gone.
+PATTERN_MB=16
+write_pattern() {
+  sectors=$(cat /sys/block/xvdb/size); seek=$(( sectors / 2048 - PATTERN_MB ))
+  dd if=/dev/urandom of=/tmp/pattern bs=1M count=$PATTERN_MB 2>/dev/null
+  dd if=/tmp/pattern of=/dev/xvdb bs=1M seek=$seek oflag=direct conv=fsync 2>/dev/null
+  echo 3 > /proc/sys/vm/drop_caches
+  dd if=/dev/xvdb of=/tmp/back bs=1M skip=$seek count=$PATTERN_MB iflag=direct 2>/dev/null
+  want=$(md5sum < /tmp/pattern | cut -d' ' -f1); got=$(md5sum < /tmp/back | cut -d' ' -f1)
+  echo "LAB-PATTERN $BE offset_mb=$seek size_mb=$PATTERN_MB md5=$want"
+  if [ "$want" = "$got" ]; then check pattern-readback ok "$PATTERN_MB MiB at $seek MiB"; else check pattern-readback FAIL "wrote $want read $got"; fi
+}
+fio_job() {  # name rw bs depth
+  out=$(fio --name=$1 --filename=/dev/xvdb --ioengine=libaio --direct=1 --rw=$2 --bs=$3 --iodepth=$4 \
+        --runtime=$RT --time_based --minimal 2>&1 | tail -1)
+  # terse v3: field 7/8 read KiB/s and IOPS, 48/49 the same for writes
+  echo "$out" | awk -F';' -v be=$BE -v job=$1 'NF > 50 {printf "LAB-FIO %s %s iops=%d kibps=%d\n", be, job, $8 + $49, $7 + $48; ok=1} END {if (!ok) print "LAB-CHECK " be " fio-" job " FAIL no result"}'
+}
+
+if wait_for 30 '[ -b /dev/xvdb ]'; then check disk-present ok; else check disk-present FAIL "no /dev/xvdb after 30 s"; fi
+if [ "$NET" = 1 ]; then
+  if wait_for 30 'ip link show eth0 >/dev/null 2>&1'; then net_up eth0; else check nic-present FAIL "no eth0 after 30 s"; fi
+  t net-up   # dom0 pings us now
+fi
+
+if [ -b /dev/xvdb ]; then
+  info "queues=$(ls /sys/block/xvdb/mq 2>/dev/null | wc -l) max_segments=$(cat /sys/block/xvdb/queue/max_segments) max_hw_sectors_kb=$(cat /sys/block/xvdb/queue/max_hw_sectors_kb) discard_max_bytes=$(cat /sys/block/xvdb/queue/discard_max_bytes) sectors=$(cat /sys/block/xvdb/size)"
+  if fio --name=verify --filename=/dev/xvdb --ioengine=libaio --direct=1 --rw=randwrite --bs=16k --iodepth=16 \
+         --size=32m --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/verify.log 2>&1; then
+    check fio-verify ok "32 MiB random 16 KiB writes read back and verified"
+  else
+    check fio-verify FAIL "$(grep -i -m1 -E 'verify|error' /tmp/verify.log)"
+  fi
+  if [ $MODE = full ]; then
+    t fio-start
+    fio_job randread4k randread 4k 32
+    fio_job randwrite4k randwrite 4k 32
+    fio_job read1m read 1M 8
+    fio_job write1m write 1M 8
+    t fio-done
+    # A file system: made, written, read back after a remount, trimmed, checked.
+    mkfs.ext4 -F -q /dev/xvdb && mount /dev/xvdb /mnt &&
+      dd if=/dev/urandom of=/mnt/data bs=1M count=32 2>/dev/null && sync && md5=$(md5sum < /mnt/data) &&
+      umount /mnt && mount /dev/xvdb /mnt && [ "$(md5sum < /mnt/data)" = "$md5" ] &&
+      dd if=/dev/urandom of=/mnt/scratch bs=1M count=64 2>/dev/null && sync && rm /mnt/scratch &&
+      trimmed=$(fstrim -v /mnt) && umount /mnt && e2fsck -fn /dev/xvdb >/tmp/fsck.log 2>&1
+    rc=$?
+    if [ $rc = 0 ]; then check filesystem ok "mkfs, 32 MiB file read back after remount, $trimmed, fsck clean"; else check filesystem FAIL "step failed (rc $rc): $(tail -2 /tmp/fsck.log 2>/dev/null | tr '\n' ' ')"; fi
+  fi
+fi
+if [ "$NET" = 1 ] && [ $MODE = full ]; then
+  t iperf-start
+  for dir in tx rx; do
+    flag=""; [ $dir = rx ] && flag=-R
+    mbps=$(iperf3 -c 10.0.0.1 -t $RT -f m $flag 2>&1 | awk '/receiver/ {print $(NF-2)}')
+    if [ -n "$mbps" ]; then echo "LAB-IPERF $BE $dir mbps=$mbps"; else check iperf-$dir FAIL "no result"; fi
+  done
+  info "net_queues=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+  t iperf-done
+fi
+if [ -b /dev/xvdb ]; then write_pattern; fi
+if [ "$NET" = 1 ]; then
+  # Stay until dom0's three pings have arrived.
+  if wait_for 60 '[ "$(echos_in)" -ge 3 ]'; then check pinged-by-dom0 ok "$(echos_in) echo requests answered"; else check pinged-by-dom0 FAIL "$(echos_in) echo requests in 60 s"; fi
+fi
+if [ $MODE = full ]; then
+  # Live detach and attach of both devices (dom0 runs xl block-detach/network-detach, then attach).
+  mount /dev/xvdb /mnt && md5=$(md5sum < /mnt/data) && umount /mnt
+  t wait-detach
+  wait_for 120 '[ ! -b /dev/xvdb ]' && gone=yes || gone=no
+  wait_for 120 '[ -b /dev/xvdb ]' && back=yes || back=no
+  if [ $gone = yes ] && [ $back = yes ] && mount /dev/xvdb /mnt && [ "$(md5sum < /mnt/data)" = "$md5" ] && umount /mnt; then
+    check disk-detach-attach ok "the file system read back after xl block-detach and block-attach"
+  else
+    check disk-detach-attach FAIL "gone=$gone back=$back"
+  fi
+  if [ "$NET" = 1 ]; then
+    wait_for 120 '! ip link show eth0 >/dev/null 2>&1' && gone=yes || gone=no
+    wait_for 120 'ip link show eth0 >/dev/null 2>&1' && back=yes || back=no
+    if [ $gone = yes ] && [ $back = yes ]; then net_up eth0 -after-reattach; else check nic-detach-attach FAIL "gone=$gone back=$back"; fi
+  fi
+fi
+t LAB-DOMU-DONE
+sync; poweroff -f

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The lab's boot log -> a table of checks and figures per backend, and a last
+line of JSON with the ratios ours/kernel and ours/qdisk. Exit 1 if a check
+failed or an expected one is missing."""
+import json
+import re
+import sys
+
+log_path, mode, backends = sys.argv[1], sys.argv[2], sys.argv[3].split("+")
+lines = open(log_path, errors="replace").read().splitlines()
+
+def expected(backend):
+    names = ["xl-create", "disk-present", "fio-verify", "pattern-readback", "backing-readback"]
+    net = backend != "qdisk"
+    if net:
+        names += ["ping-dom0", "ping-guest", "pinged-by-dom0"]
+    if backend == "xenbackd":
+        names += ["daemon-ready", "daemon-stopped"]
+    if mode == "full":
+        names += ["filesystem", "discard-reaches-backing", "disk-detach-attach"]
+        if net:
+            names += ["ping-dom0-after-reattach"]
+    return names
+
+checks = {b: {} for b in backends}
+fio = {b: {} for b in backends}
+iperf = {b: {} for b in backends}
+notes = {b: [] for b in backends}
+phases = {}
+for line in lines:
+    m = re.search(r"LAB-CHECK (\S+) (\S+) (ok|FAIL) ?(.*)", line)
+    if m and m.group(1) in checks:
+        checks[m.group(1)].setdefault(m.group(2), (m.group(3), m.group(4).strip()))
+        continue
+    m = re.search(r"LAB-FIO (\S+) (\S+) iops=(\d+) kibps=(\d+)", line)
+    if m and m.group(1) in fio:
+        fio[m.group(1)][m.group(2)] = {"iops": int(m.group(3)), "mibps": round(int(m.group(4)) / 1024, 1)}
+        continue
+    m = re.search(r"LAB-IPERF (\S+) (tx|rx) mbps=([\d.]+)", line)
+    if m and m.group(1) in iperf:
+        iperf[m.group(1)][m.group(2)] = float(m.group(3))
+        continue
+    m = re.search(r"(LAB-(?:NEGOTIATED|INFO)) (\S+) (.*)", line)
+    if m and m.group(2) in notes:
+        notes[m.group(2)].append(m.group(3).strip())
+        continue
+    m = re.match(r"\s*([\d.]+) .*LAB-T [\d.]+ (dom0-ready|dom0-done)", line)
+    if m:
+        phases[m.group(2)] = float(m.group(1))
+
+failed = []
+print(f"Xen lab ({mode}), log {log_path}")
+if "dom0-ready" in phases:
+    print(f"dom0 ready {phases['dom0-ready']:.0f} s after QEMU started; all done at {phases.get('dom0-done', float('nan')):.0f} s")
+for b in backends:
+    print(f"\n== {b}")
+    for name in expected(b) + sorted(set(checks[b]) - set(expected(b))):
+        status, detail = checks[b].get(name, ("FAIL", "missing: the run never got this far"))
+        if status != "ok":
+            failed.append(f"{b}/{name}")
+        print(f"  {status:4} {name:26} {detail}")
+    for n in notes[b]:
+        print(f"       {n}")
+    for job, v in fio[b].items():
+        print(f"  fio  {job:26} {v['iops']:7d} IOPS {v['mibps']:8.1f} MiB/s")
+    for direction, v in iperf[b].items():
+        print(f"  iperf {direction:25} {v:8.0f} Mbit/s")
+
+ratios = {}
+for base in ("kernel", "qdisk"):
+    if "xenbackd" in backends and base in backends:
+        r = {}
+        for job, v in fio["xenbackd"].items():
+            if job in fio[base] and fio[base][job]["iops"]:
+                r[job] = round(v["iops"] / fio[base][job]["iops"], 2)
+        for direction, v in iperf["xenbackd"].items():
+            if direction in iperf[base] and iperf[base][direction]:
+                r["iperf_" + direction] = round(v / iperf[base][direction], 2)
+        ratios[f"xenbackd/{base}"] = r
+if ratios:
+    print()
+    for k, r in ratios.items():
+        print(f"{k}: " + ", ".join(f"{j} {x}" for j, x in r.items()))
+print(f"\n{'PASSED' if not failed else 'FAILED: ' + ', '.join(failed)}")
+print(json.dumps({"lab": mode, "passed": not failed, "failed": failed,
+                  "fio": fio, "iperf": iperf, "ratios": ratios,
+                  "dom0_ready_s": phases.get("dom0-ready"), "total_s": phases.get("dom0-done")}))
+sys.exit(1 if failed else 0)
