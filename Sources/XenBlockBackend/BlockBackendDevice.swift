@@ -94,6 +94,7 @@ protocol BlockRingService: AnyObject, Sendable {
     func run(stopDescriptor: Int32, parkAfterMilliseconds: Int) throws(BlockBackendError) -> WorkerExit
     var wakeDescriptors: [Int32] { get }
     var statistics: BlockStatistics { get }
+    func releaseGuestResources()
 }
 extension BlockRingWorker: BlockRingService {}
 
@@ -344,11 +345,16 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             let park = configuration.parkAfterMilliseconds
             threads = try RingWorkerGroup(count: workers.count, onStart: BlockBackendInstrumentation.workerThreadStart,
                                           wakeDescriptors: { workers[$0].wakeDescriptors }) { q, stop in
-                do { return try workers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
+                let exit: WorkerExit
+                do { exit = try workers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
                     // A broken ring stops that ring only (as Linux halts it).
                     logger.error("ring \(q) stopped: \(error)")
-                    return .stopped
+                    exit = .stopped
                 }
+                // Unmapped here, before the group counts this ring stopped: the
+                // group's closures still hold the worker for a moment after.
+                if exit == .stopped { workers[q].releaseGuestResources() }
+                return exit
             }
         } catch {
             throw BlockDeviceError.backend(.eventChannel(error))

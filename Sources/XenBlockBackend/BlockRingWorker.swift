@@ -84,6 +84,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// is taken off the ring meanwhile.
     var heldBarrier: BlockRequest?
     var inFlight = 0
+    var released = false
     /// The engine holds operations it could not submit yet.
     var submissionPending = false
     /// While I/O is in flight, how long to watch the engine and the ring
@@ -154,13 +155,24 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         copies.initialize(repeating: GrantCopyOperation(source: .local(indirect), destination: .local(indirect), length: 0))
     }
 
-    deinit {
+    /// Gives back what belongs to the guest: the event channel, the ring
+    /// mapping and every persistent grant. Called on the worker's thread once
+    /// it stopped (all I/O drained), before the device may say Closed; a
+    /// reference kept elsewhere must not keep guest pages mapped (XSA-371).
+    /// Safe to repeat; the worker must not be run afterwards.
+    public func releaseGuestResources() {
+        guard !released else { return }
+        released = true
         // Anything still in flight (a worker dropped without run/drain) is
-        // waited for by the engine's teardown before the buffers go.
+        // waited for by the engine's teardown before its pages go.
+        engine.shutdown()
         try? events.unbind(port)
         try? platform.grants.unmap(ringMapping)
-        engine.shutdown()
         persistentGrants?.unmapAll()
+    }
+
+    deinit {
+        releaseGuestResources()
         munmap(bounce, slotCount * slotBytes)
         iovecs.deallocate()
         slots.deallocate()

@@ -342,12 +342,17 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
             let park = configuration.parkAfterMilliseconds
             threads = try RingWorkerGroup(count: queueWorkers.count, onStart: NetBackendInstrumentation.workerThreadStart,
                                           wakeDescriptors: { queueWorkers[$0].wakeDescriptors }) { [weak self] q, stop in
-                do { return try queueWorkers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
+                let exit: WorkerExit
+                do { exit = try queueWorkers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
                     // Linux disables the whole VIF on these; others carry on.
                     logger.error("\(error); VIF disabled until the frontend reconnects", metadata: ["queue": "\(q)"])
                     self?.disable(reason: "\(error)")
-                    return .stopped
+                    exit = .stopped
                 }
+                // Unmapped here, before the group counts this queue stopped: the
+                // group's closures still hold the worker for a moment after.
+                if exit == .stopped { queueWorkers[q].releaseGuestResources() }
+                return exit
             }
         } catch {
             throw NetDeviceError.backend(.eventChannel(error))

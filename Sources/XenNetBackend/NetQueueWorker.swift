@@ -257,12 +257,23 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         return p!
     }
 
-    deinit {
+    /// Gives back what belongs to the guest: event channels, ring and
+    /// control-ring mappings. Called on the worker's thread once it stopped,
+    /// before the device may say Closed; a reference kept elsewhere must not
+    /// keep guest pages mapped. Safe to repeat; no run afterwards.
+    public func releaseGuestResources() {
+        guard !released else { return }
+        released = true
         try? events.unbind(txPort)
         if rxPort != txPort { try? events.unbind(rxPort) }
         control?.release()
         try? platform.grants.unmap(txMapping)
         try? platform.grants.unmap(rxMapping)
+    }
+    private var released = false
+
+    deinit {
+        releaseGuestResources()
         munmap(txBuffers, Self.transmitBatch * Self.packetStride)
         munmap(rxBuffers, Self.receiveQueueCapacity * Self.packetStride)
         txPackets.deallocate()

@@ -135,6 +135,31 @@ import XenStore
         }
     }
 
+    /// XSA-332: one ring's frontend notifies without pause; the device's
+    /// other ring is served in full meanwhile, and the storming ring still
+    /// answers afterwards.
+    @Test func xsa332_anEventStormOnOneRingLeavesTheOtherServed() async throws {
+        try await withDevice(queues: 2) { _, _, front, device in
+            let (storming, healthy) = (front.queues[0], front.queues[1])
+            async let storm: Void = offThePool { for _ in 0..<100_000 { try storming.kick() } }
+            let served = try await offThePool { () throws -> Int in
+                var good = 0
+                for i in 0..<20 {
+                    let data = pattern(4096, seed: i)
+                    guard try healthy.write(sector: UInt64(i * 8), data) == .okay else { continue }
+                    let (status, back) = try healthy.read(sector: UInt64(i * 8), byteCount: 4096)
+                    if status == .okay && back == data { good += 1 }
+                }
+                return good
+            }
+            try await storm
+            #expect(served == 20, "the other ring wrote and read back 20 blocks during the storm")
+            #expect(try storming.write(sector: 512, pattern(4096, seed: 99)) == .okay)
+            #expect(try storming.read(sector: 512, byteCount: 4096) == (.okay, pattern(4096, seed: 99)), "the storming ring still works")
+            #expect(device.statistics.errors == 0)
+        }
+    }
+
     @Test func xsa155_requestsRewrittenWhileTheBackendReadsThem() async throws {
         try await withDevice { host, _, front, _ throws in
             let q = front.queues[0]
