@@ -25,8 +25,10 @@ if ((${#missing[@]})); then
 fi
 
 # dom0: what Xen's toolstack needs, the guests' workloads, and xenbackd's runtime libraries.
-dom0_packages=linux-image-amd64,xen-utils-4.17,xenstore-utils,qemu-system-xen,fio,iperf3,iproute2,bridge-utils,busybox-static,kmod,procps,e2fsprogs,util-linux,libaio1,liburing2,libpcap0.8,iptables,python3-minimal
-if [ ! -e "$root/.lab-rootfs-done" ]; then
+# dmsetup and lvm2: the fault scenario (dm-error) and a logical volume as a disk.
+dom0_packages=linux-image-amd64,xen-utils-4.17,xenstore-utils,qemu-system-xen,fio,iperf3,iproute2,bridge-utils,busybox-static,kmod,procps,e2fsprogs,util-linux,libaio1,liburing2,libpcap0.8,iptables,python3-minimal,dmsetup,lvm2
+# The tree is rebuilt when the package list changes.
+if [ ! -e "$root/.lab-rootfs-done" ] || [ "$(cat "$root/.lab-rootfs-done")" != "$dom0_packages" ]; then
   rm -rf "$root"
   debootstrap --variant=minbase --include="$dom0_packages" bookworm "$root" "$mirror"
   # The security and updates suites, so dom0 runs what `apt-get install` gives today.
@@ -45,7 +47,7 @@ S
   chroot "$root" apt-get clean
   umount "$root/proc"; trap - EXIT
   echo "/dev/vda / ext4 rw 0 1" > "$root/etc/fstab"
-  touch "$root/.lab-rootfs-done"
+  echo "$dom0_packages" > "$root/.lab-rootfs-done"
 fi
 kver=$(ls "$root/lib/modules" | sort -V | tail -1)
 
@@ -57,7 +59,7 @@ if [ ! -e "$work/boot/xen" ] || [ "$root/.lab-rootfs-done" -nt "$work/boot/xen" 
 fi
 
 # The guest: a busybox initramfs with the workloads and Linux's own frontends.
-if [ ! -e "$work/domu-initrd.gz" ] || [ "$here/domu/init.sh" -nt "$work/domu-initrd.gz" ] || [ "$root/.lab-rootfs-done" -nt "$work/domu-initrd.gz" ]; then
+if [ ! -e "$work/domu-initrd.gz" ] || [ "$here/domu/init.sh" -nt "$work/domu-initrd.gz" ] || [ "$here/build-images.sh" -nt "$work/domu-initrd.gz" ] || [ "$root/.lab-rootfs-done" -nt "$work/domu-initrd.gz" ]; then
   w=$work/domu-initrd; rm -rf "$w"; mkdir -p "$w"/{bin,sbin,proc,sys,dev,tmp,mnt,lib/modules,etc,usr/bin,lib64}
   cp "$root/bin/busybox" "$w/bin/busybox"
   tools="/usr/bin/fio /usr/bin/iperf3 /sbin/mke2fs /sbin/e2fsck /sbin/fstrim /usr/bin/md5sum"
@@ -68,9 +70,12 @@ if [ ! -e "$work/domu-initrd.gz" ] || [ "$here/domu/init.sh" -nt "$work/domu-ini
     mkdir -p "$w/$(dirname "$lib")"; cp -L "$root/$lib" "$w/$lib"
   done
   umount "$root/proc"; trap - EXIT
-  for m in xen-blkfront xen-netfront; do
+  # Linux's frontends, and ext4 with what it needs, in load order.
+  modules="xen-blkfront xen-netfront crc16 mbcache jbd2 crc32c_generic ext4"
+  for m in $modules; do
     f=$(find "$root/lib/modules/$kver" -name "$m.ko*"); cp "$f" "$w/lib/modules/"
   done
+  echo "$modules" > "$w/lib/modules/order"
   (cd "$w/lib/modules" && for f in *.xz; do [ -e "$f" ] && xz -d "$f"; done; for f in *.zst; do [ -e "$f" ] && zstd -q -d --rm "$f"; done; true)
   cp "$here/domu/init.sh" "$w/init"; chmod +x "$w/init"
   (cd "$w" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/domu-initrd.gz"

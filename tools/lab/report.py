@@ -10,6 +10,9 @@ log_path, mode, backends = sys.argv[1], sys.argv[2], sys.argv[3].split("+")
 lines = open(log_path, errors="replace").read().splitlines()
 
 def expected(backend):
+    if backend == "faults":
+        return ["daemon-ready", "xl-create", "disk-present", "lvm-volume", "dm-before-fault", "fault-read-error",
+                "fault-write-error", "fault-recovered", "daemon-stopped"]
     names = ["xl-create", "disk-present", "fio-verify", "pattern-readback", "backing-readback"]
     net = backend != "qdisk"
     if net:
@@ -17,9 +20,9 @@ def expected(backend):
     if backend == "xenbackd":
         names += ["daemon-ready", "daemon-stopped"]
     if mode == "full":
-        names += ["filesystem", "discard-reaches-backing", "disk-detach-attach"]
+        names += ["filesystem", "discard-reaches-backing", "disk-detach-attach", "reboot-reconnect"]
         if net:
-            names += ["ping-dom0-after-reattach"]
+            names += ["ping-dom0-after-reattach", "ping-dom0-after-reboot"]
     return names
 
 checks = {b: {} for b in backends}

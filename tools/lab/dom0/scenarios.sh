@@ -13,13 +13,25 @@ RT=$(arg lab_rt); RT=${RT:-5}
 MODE=$(arg lab_mode); MODE=${MODE:-smoke}
 BACKENDS=$(arg lab_backends); BACKENDS=${BACKENDS:-xenbackd}
 KVER=$(ls /lib/modules | sort -V | tail -1)
+# No udev in this dom0: device-mapper and LVM make their device nodes themselves.
+export DM_DISABLE_UDEV=1
 check() { echo "LAB-CHECK $be $1 $2 ${3:-}"; }
 xs() { timeout 10 xenstore-read "$@" 2>/dev/null; }
+start_daemon() {
+  # The kernel's backends must not serve backend/vbd and backend/vif: unloaded.
+  modprobe -r xen-netback xen-blkback 2>/dev/null
+  if lsmod | grep -q -E '^xen_(blk|net)back'; then check kernel-backends-unloaded FAIL "$(lsmod | grep back)"; fi
+  xenbackd --platform host --log-level info --metrics-file /run/xenbackd.prom > /run/xenbackd.out 2> /run/xenbackd.log &
+  daemon=$!
+  i=0; while ! grep -q '^ready' /run/xenbackd.out 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  if grep -q '^ready' /run/xenbackd.out; then check daemon-ready ok "$(cat /run/xenbackd.out)"; else check daemon-ready FAIL "$(tail -3 /run/xenbackd.log)"; fi
+}
 
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=512 status=none
 t disk-image-ready
 iperf3 -s -D -B 10.0.0.1
 
+daemon=""
 for be in $(echo $BACKENDS | tr '+' ' '); do
   name=guest-$be; net=1; vcpus=1; [ $MODE = full ] && vcpus=2
   loop=""
@@ -30,21 +42,27 @@ for be in $(echo $BACKENDS | tr '+' ' '); do
     qdisk)
       disk="'format=raw, vdev=xvdb, access=rw, backendtype=qdisk, target=/tmp/disk.img'"; net=0;;
     xenbackd)
-      modprobe -r xen-netback xen-blkback 2>/dev/null
-      if lsmod | grep -q -E '^xen_(blk|net)back'; then check kernel-backends-unloaded FAIL "$(lsmod | grep back)"; fi
-      loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'"
-      xenbackd --platform host --log-level info --metrics-file /run/xenbackd.prom > /run/xenbackd.out 2> /run/xenbackd.log &
-      daemon=$!
-      i=0; while ! grep -q '^ready' /run/xenbackd.out 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-      if grep -q '^ready' /run/xenbackd.out; then check daemon-ready ok "$(cat /run/xenbackd.out)"; else check daemon-ready FAIL "$(tail -3 /run/xenbackd.log)"; fi;;
+      start_daemon
+      loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'";;
+    faults)
+      start_daemon
+      # A device-mapper device over a loop (its table is switched to error and back
+      # while the guest uses it) and a logical volume in a volume group on another loop.
+      truncate -s 64M /tmp/fault.img; floop=$(losetup -f --show /tmp/fault.img); fsectors=$(blockdev --getsz $floop)
+      dmsetup create labfault --table "0 $fsectors linear $floop 0"
+      truncate -s 96M /tmp/pv.img; pvloop=$(losetup -f --show /tmp/pv.img)
+      { pvcreate -q $pvloop && vgcreate -q labvg $pvloop && lvcreate -q -y -n disk -L 64M labvg; } >/tmp/lvm.log 2>&1 ||
+        check lvm-setup FAIL "$(tail -2 /tmp/lvm.log | tr '\n' ' ')"
+      disk="'phy:/dev/mapper/labfault,xvdb,w', 'phy:/dev/labvg/disk,xvdc,w'"; net=0;;
   esac
+  guest_mode=$MODE; [ $be = faults ] && guest_mode=faults
   vif=""; [ $net = 1 ] && vif="vif = [ 'mac=00:16:3e:00:00:02,bridge=br0' ]"
   cat > /tmp/$name.cfg <<C
 name = "$name"
 type = "pv"
 kernel = "/boot/vmlinuz-$KVER"
 ramdisk = "/lab/domu-initrd.gz"
-extra = "console=hvc0 lab_mode=$MODE lab_rt=$RT lab_be=$be lab_net=$net"
+extra = "console=hvc0 lab_mode=$guest_mode lab_rt=$RT lab_be=$be lab_net=$net"
 memory = 512
 vcpus = $vcpus
 disk = [ $disk ]
@@ -61,18 +79,28 @@ C
   domid=$(timeout 10 xl domid $name 2>/dev/null)
   t "xl-create-$be-returned domid=$domid"
   console=/var/log/xen/console/guest-$name.log
-  pinged=0; detached=0; miss=0; i=0; shown=0; dshown=0
+  pinged=0; detached=0; faulted=0; healed=0; miss=0; i=0; shown=0; dshown=0
   deadline=300; [ $MODE = full ] && deadline=1200
   # Until the guest is gone (its xenstore name vanishes, 3 misses in a row), act on its
   # markers and relay its console and the daemon's log as they grow.
   while [ -n "$domid" ] && [ $i -lt $deadline ]; do
     n=$(wc -l < $console 2>/dev/null || echo 0)
     [ "$n" -gt $shown ] && sed -n "$((shown+1)),${n}p" $console | sed "s/^/LAB-GUEST $be /" && shown=$n
-    if [ $be = xenbackd ]; then
+    if [ -n "$daemon" ]; then
       n=$(wc -l < /run/xenbackd.log)
       [ "$n" -gt $dshown ] && sed -n "$((dshown+1)),${n}p" /run/xenbackd.log | cut -c1-300 | sed "s/^/LAB-DAEMON /" && dshown=$n
     fi
-    if xs /local/domain/$domid/name >/dev/null; then miss=0; else miss=$((miss+1)); [ $miss -ge 3 ] && break; fi
+    if xs /local/domain/$domid/name >/dev/null; then miss=0; else miss=$((miss+1))
+      if [ $miss -ge 3 ]; then
+        # A guest that rebooted is the same name under a new domid: follow it.
+        newid=$(timeout 10 xl domid $name 2>/dev/null)
+        if [ -n "$newid" ] && [ "$newid" != "$domid" ] && grep -q 'LAB-T .* rebooting' $console 2>/dev/null; then
+          t "guest-$be-rebooted domid=$newid"; domid=$newid; miss=0
+        else
+          break
+        fi
+      fi
+    fi
     if [ $pinged = 0 ] && grep -q 'LAB-T .* net-up' $console 2>/dev/null; then
       pinged=1
       if timeout 30 busybox ping -c 3 -W 3 10.0.0.2 >/dev/null 2>&1; then check ping-guest ok; else check ping-guest FAIL "10.0.0.2 did not answer"; fi
@@ -81,6 +109,14 @@ C
         be_path=$(xs $d/backend)
         echo "LAB-NEGOTIATED $be $(basename $(dirname $d)) frontend: queues=$(xs $d/multi-queue-num-queues) ring-page-order=$(xs $d/ring-page-order) persistent=$(xs $d/feature-persistent) gso-tcpv4=$(xs $d/feature-gso-tcpv4) sg=$(xs $d/feature-sg) rx-copy=$(xs $d/request-rx-copy) split=$( [ -n "$(xs $d/event-channel-tx)$(xs $d/queue-0/event-channel-tx)" ] && echo 1 || echo 0) backend: max-queues=$(xs $be_path/multi-queue-max-queues) indirect=$(xs $be_path/feature-max-indirect-segments) persistent=$(xs $be_path/feature-persistent) discard=$(xs $be_path/feature-discard) state=$(xs $be_path/state)"
       done
+    fi
+    if [ $be = faults ] && [ $faulted = 0 ] && grep -q 'LAB-T .* fault-now' $console 2>/dev/null; then
+      faulted=1; dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors error" && dmsetup resume labfault ||
+        check dm-error-loaded FAIL "dmsetup could not load the error target"
+    fi
+    if [ $be = faults ] && [ $healed = 0 ] && grep -q 'LAB-T .* heal-now' $console 2>/dev/null; then
+      healed=1; dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors linear $floop 0" && dmsetup resume labfault ||
+        check dm-linear-loaded FAIL "dmsetup could not load the linear target again"
     fi
     if [ $detached = 0 ] && grep -q 'LAB-T .* wait-detach' $console 2>/dev/null; then
       detached=1
@@ -109,20 +145,25 @@ C
     got=$(dd if=/tmp/disk.img bs=1M skip=$off count=$size status=none | md5sum | cut -d' ' -f1)
     if [ "$got" = "$want" ]; then check backing-readback ok "the guest's $size MiB read from dom0's backing file"; else check backing-readback FAIL "backing has $got, guest wrote $want"; fi
   fi
-  if [ $MODE = full ]; then
+  if [ $MODE = full ] && [ $be != faults ]; then
     # mkfs and fstrim discard; on a loop device over tmpfs that punches holes in the file.
     alloc=$(du -m /tmp/disk.img | cut -f1)
     if [ $alloc -lt 300 ]; then check discard-reaches-backing ok "$alloc MiB of 512 allocated after mkfs and fstrim"; else check discard-reaches-backing FAIL "$alloc MiB of 512 still allocated"; fi
     dd if=/dev/urandom of=/tmp/disk.img bs=1M count=512 conv=notrunc status=none
   fi
   [ -n "$loop" ] && losetup -d $loop
-  if [ $be = xenbackd ]; then
+  if [ $be = faults ]; then
+    lvremove -q -y labvg >/dev/null 2>&1; vgremove -q -y labvg >/dev/null 2>&1
+    dmsetup remove labfault; losetup -d $floop $pvloop
+  fi
+  if [ -n "$daemon" ]; then
     # Every device was closed and removed; SIGTERM ends the daemon with status 0.
     sed 's/^/LAB-METRIC xenbackd /' /run/xenbackd.prom 2>/dev/null | grep -E 'requests_total|packets_total' | grep -v '^LAB-METRIC xenbackd #'
     kill -TERM $daemon; i=0; while kill -0 $daemon 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
     wait $daemon; rc=$?
     if [ $rc = 0 ]; then check daemon-stopped ok "SIGTERM, exit 0"; else check daemon-stopped FAIL "exit $rc"; fi
     sed -n "$((dshown+1)),\$p" /run/xenbackd.log | cut -c1-300 | sed "s/^/LAB-DAEMON /"
+    daemon=""
   fi
 done
 dmesg | grep -E 'segfault|BUG|Oops|general protection' | sed 's/^/LAB-WARN /'

@@ -13,7 +13,7 @@ t() { echo "LAB-T $(cut -d' ' -f1 /proc/uptime) $*"; }
 check() { echo "LAB-CHECK $BE $1 $2 ${3:-}"; }   # name ok|FAIL detail
 info() { echo "LAB-INFO $BE $*"; }
 t domU-init-start
-for m in /lib/modules/*.ko; do insmod $m; done
+for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko; done
 
 wait_for() {  # seconds condition...
   n=$(( $1 * 10 )); shift
@@ -25,10 +25,10 @@ net_up() {  # interface
   tries=0; while ! ping -c1 -W1 10.0.0.1 >/dev/null 2>&1 && [ $tries -lt 30 ]; do tries=$((tries+1)); done
   if ping -c 3 -W 2 10.0.0.1 >/dev/null 2>&1; then check "ping-dom0$2" ok "after $tries tries"; else check "ping-dom0$2" FAIL "no answer from 10.0.0.1"; fi
 }
-# A region at the end of the disk that dom0 reads back from the backing after the guest is gone.
+# A region near the end of the disk that dom0 reads back from the backing after the guest is gone.
 PATTERN_MB=16
 write_pattern() {
-  sectors=$(cat /sys/block/xvdb/size); seek=$(( sectors / 2048 - PATTERN_MB ))
+  sectors=$(cat /sys/block/xvdb/size); seek=$(( sectors / 2048 - PATTERN_MB - 1 ))   # the last MiB holds the reboot marker
   dd if=/dev/urandom of=/tmp/pattern bs=1M count=$PATTERN_MB 2>/dev/null
   dd if=/tmp/pattern of=/dev/xvdb bs=1M seek=$seek oflag=direct conv=fsync 2>/dev/null
   echo 3 > /proc/sys/vm/drop_caches
@@ -45,6 +45,58 @@ fio_job() {  # name rw bs depth
 }
 
 if wait_for 30 '[ -b /dev/xvdb ]'; then check disk-present ok; else check disk-present FAIL "no /dev/xvdb after 30 s"; fi
+
+# After a reboot (full mode): the marker the first boot left in the disk's last MiB names
+# the pattern's md5; read the pattern back through the new devices, then power off.
+marker_mb=$(( $(cat /sys/block/xvdb/size 2>/dev/null || echo 2048) / 2048 - 1 ))
+marker=$(dd if=/dev/xvdb bs=1M skip=$marker_mb count=1 iflag=direct 2>/dev/null | head -c 64 | tr -d '\0')
+case "$marker" in LABREBOOT*)
+  want=$(echo "$marker" | cut -d' ' -f2); off=$(echo "$marker" | cut -d' ' -f3)
+  got=$(dd if=/dev/xvdb bs=1M skip=$off count=$PATTERN_MB iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+  if [ "$got" = "$want" ]; then check reboot-reconnect ok "after a guest reboot the disk reconnected and the pattern read back"; else check reboot-reconnect FAIL "read $got, wrote $want before the reboot"; fi
+  dd if=/dev/zero of=/dev/xvdb bs=1M seek=$marker_mb count=1 oflag=direct conv=fsync 2>/dev/null
+  if [ "$NET" = 1 ]; then
+    if wait_for 30 'ip link show eth0 >/dev/null 2>&1'; then net_up eth0 -after-reboot; else check ping-dom0-after-reboot FAIL "no eth0"; fi
+  fi
+  t LAB-DOMU-DONE
+  sync; poweroff -f;;
+esac
+
+if [ $MODE = faults ]; then
+  # xvdc: a logical volume in dom0. xvdb: a device-mapper device dom0 switches to the
+  # error target and back while we use it.
+  if wait_for 30 '[ -b /dev/xvdc ]' && fio --name=lv --filename=/dev/xvdc --ioengine=libaio --direct=1 --rw=randwrite \
+       --bs=64k --iodepth=8 --size=32m --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/lv.log 2>&1; then
+    check lvm-volume ok "32 MiB verified on a logical volume"
+  else
+    check lvm-volume FAIL "$(grep -i -m1 -E 'verify|error' /tmp/lv.log)"
+  fi
+  dd if=/dev/urandom of=/tmp/pattern bs=1M count=8 2>/dev/null
+  want=$(md5sum < /tmp/pattern | cut -d' ' -f1)
+  readback() { dd if=/dev/xvdb bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1; }
+  dd if=/tmp/pattern of=/dev/xvdb bs=1M oflag=direct conv=fsync 2>/dev/null
+  if [ "$(readback)" = "$want" ]; then check dm-before-fault ok; else check dm-before-fault FAIL "read back differs"; fi
+  t fault-now   # dom0 loads the error target
+  if wait_for 60 '! dd if=/dev/xvdb of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null'; then
+    check fault-read-error ok "reads fail ($(dd if=/dev/xvdb of=/dev/null bs=4k count=1 iflag=direct 2>&1 | head -1))"
+  else
+    check fault-read-error FAIL "reads still succeed 60 s after the fault"
+  fi
+  if dd if=/tmp/pattern of=/dev/xvdb bs=1M count=1 seek=16 oflag=direct conv=fsync 2>/dev/null; then
+    check fault-write-error FAIL "a write succeeded on the error target"
+  else
+    check fault-write-error ok "writes fail"
+  fi
+  t heal-now    # dom0 loads the linear target again
+  if wait_for 60 'dd if=/dev/xvdb of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null' && [ "$(readback)" = "$want" ] &&
+     dd if=/tmp/pattern of=/dev/xvdb bs=1M seek=16 oflag=direct conv=fsync 2>/dev/null; then
+    check fault-recovered ok "the data written before the fault reads back and new writes succeed"
+  else
+    check fault-recovered FAIL "the device did not recover"
+  fi
+  t LAB-DOMU-DONE
+  sync; poweroff -f
+fi
 if [ "$NET" = 1 ]; then
   if wait_for 30 'ip link show eth0 >/dev/null 2>&1'; then net_up eth0; else check nic-present FAIL "no eth0 after 30 s"; fi
   t net-up   # dom0 pings us now
@@ -106,6 +158,12 @@ if [ $MODE = full ]; then
     wait_for 120 'ip link show eth0 >/dev/null 2>&1' && back=yes || back=no
     if [ $gone = yes ] && [ $back = yes ]; then net_up eth0 -after-reattach; else check nic-detach-attach FAIL "gone=$gone back=$back"; fi
   fi
+fi
+if [ $MODE = full ] && [ -b /dev/xvdb ]; then
+  # Leave the marker (the pattern's md5 and place) and reboot: xl makes the domain anew.
+  printf 'LABREBOOT %s %s ' "$(md5sum < /tmp/pattern | cut -d' ' -f1)" "$seek" | dd of=/dev/xvdb bs=1M seek=$marker_mb oflag=direct conv=sync,fsync 2>/dev/null
+  t rebooting
+  sync; reboot -f
 fi
 t LAB-DOMU-DONE
 sync; poweroff -f
