@@ -485,6 +485,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         }
     }
 
+    /// Requests of at most this many segments go straight into guest pages
+    /// (Linux blkfront's indirect requests are 32 segments, 128 KiB, by
+    /// default); larger ones are copied into a huge-page buffer.
+    static var persistentSegmentLimit: Int { 32 }
+
     /// Maps every segment's page through the persistent grant table and
     /// points the slot's iovecs at them; false (nothing held) if persistent
     /// grants are off, the request is large, or any page cannot be had, and
@@ -493,7 +498,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // Large (indirect) requests go by grant copy: into a huge-page bounce
         // buffer the disk sees one segment, where 256 scattered guest pages
         // make it split the request (1 MiB reads measured 2.3x faster so).
-        guard let persistentGrants, slots[slot].segmentCount <= BlockLimits.maxSegmentsPerRequest else { return false }
+        guard let persistentGrants, slots[slot].segmentCount <= Self.persistentSegmentLimit else { return false }
         let table = segmentTable.baseAddress! + slot * maximumSegments
         let vectors = iovecs.baseAddress! + slot * maximumSegments
         let count = slots[slot].segmentCount
