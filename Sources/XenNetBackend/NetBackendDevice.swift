@@ -299,6 +299,10 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
 
         var workers: [NetQueueWorker<Platform>] = []
         var split = false
+        // With a control ring the guest may set a hash mapping table: frames go
+        // to the queue it names, whichever TAP queue the kernel read them from.
+        let steering = queues > 1 && control != nil
+            ? ReceiveSteering(queueCount: queues, frameBytes: NetQueueWorker<Platform>.packetStride) : nil
         for q in 0..<queues {
             let prefix = queues == 1 ? "" : "queue-\(q)/"
             let tx = try await required(setup, prefix + "tx-ring-ref", "the frontend grants its transmit ring here")
@@ -318,7 +322,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
                     txRemotePort: EventChannelPort(txPort), rxRemotePort: rxPort.map { EventChannelPort($0) },
                     tapDescriptor: tap.queueDescriptors[q], options: options, queueIndex: q, queueCount: queues,
                     multicast: multicast, capture: capture, control: q == 0 ? control : nil, hashSettings: hashState,
-                    stallChanged: { [weak self] stalled in self?.queueStallChanged(stalled) }))
+                    steering: steering, stallChanged: { [weak self] stalled in self?.queueStallChanged(stalled) }))
             } catch {
                 throw NetDeviceError.backend(error)
             }

@@ -128,17 +128,10 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
 
     // Guest receive.
     static var receiveQueueCapacity: Int { 64 }
-    struct RxEntry {
-        var length = 0
-        var rxFlags = NetRxFlags()
-        var gsoType: UInt8 = 0
-        var gsoSize: UInt16 = 0
-        var hash: UInt32 = 0
-        var hashType: UInt8 = 0
-        var hasHash = false
-        var slotsNeeded = 0
-        var enqueued = 0
-    }
+    typealias RxEntry = ReceiveEntry
+    /// Frames other queues read for this one, and where this one sends
+    /// frames the guest's mapping table assigns elsewhere (nil: one queue).
+    let steering: ReceiveSteering?
     let rxBuffers: UnsafeMutableRawPointer
     let rxEntries: UnsafeMutableBufferPointer<RxEntry>
     var rxHead = 0
@@ -164,7 +157,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                 txRemotePort: EventChannelPort, rxRemotePort: EventChannelPort?, tapDescriptor: Int32,
                 options: NetQueueOptions, queueIndex: Int = 0, queueCount: Int = 1,
                 multicast: MulticastFilter = MulticastFilter(), capture: PacketCapture? = nil,
-                control: NetControlSetup? = nil, hashSettings: HashState = HashState(),
+                control: NetControlSetup? = nil, hashSettings: HashState = HashState(), steering: ReceiveSteering? = nil,
                 stallChanged: @escaping @Sendable (Bool) -> Void = { _ in }) throws(NetBackendError) {
         self.platform = platform
         self.frontend = frontend
@@ -177,6 +170,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         self.queueCount = queueCount
         self.stallChanged = stallChanged
         self.hashSettings = hashSettings
+        self.steering = steering
         statistics = NetStatistics()
         let tx: GrantMapping
         do { tx = try platform.grants.map([txRingRef], of: frontend, writable: true) } catch { throw .grant(error) }
@@ -332,9 +326,11 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
     /// done, so its thread can go; calling `run` again resumes it.
     @discardableResult
     public func run(stopDescriptor: Int32, parkAfterMilliseconds: Int = 0) throws(NetBackendError) -> WorkerExit {
+        let inbox = steering?.inboxes[queueIndex]
         var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: tapDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
+                   pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: inbox?.wake ?? -1, events: Int16(POLLIN), revents: 0)]
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 8)
         while true {
             let now = monotonicNanoseconds()
@@ -345,14 +341,18 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             // Stop reading the TAP while our queue is full: the kernel's
             // queue in front of it bounds what waits there.
             fds[1].events = rxRoom ? Int16(POLLIN) : 0
+            fds[3].events = rxRoom ? Int16(POLLIN) : 0  // frames steered to us (ignored while fd is -1)
             for i in fds.indices { fds[i].revents = 0 }
-            let n = poll(&fds, 3, timeout)
+            let n = poll(&fds, 4, timeout)
             if n < 0 && errno == EINTR { continue }
             if n == 0 && idle { return .idle }
             if fds[2].revents != 0 { return .stopped }
             // A deleted TAP reports an error for ever: stop rather than spin.
             if fds[1].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { tapGone = true }
             if tapGone { throw .fatal("queue \(queueIndex): the TAP interface went away") }
+            // Cleared before the next pass drains the inbox: a frame pushed
+            // after that pass sets it again.
+            if fds[3].revents != 0 { inbox?.clearWake() }
             if fds[0].revents != 0 {
                 let taken: Int
                 do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
@@ -362,8 +362,9 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         }
     }
 
-    /// What wakes a parked worker: its event channel device and its TAP queue.
-    public var wakeDescriptors: [Int32] { [events.fileDescriptor, tapDescriptor] }
+    /// What wakes a parked worker: its event channel device, its TAP queue
+    /// and frames steered to it.
+    public var wakeDescriptors: [Int32] { [events.fileDescriptor, tapDescriptor] + (steering.map { [$0.inboxes[queueIndex].wake] } ?? []) }
 
     // MARK: Guest transmit
 
@@ -640,6 +641,17 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
     /// Reads what the TAP has into the queue, while it has room; prepares
     /// each frame (offloads, filter, hash) once, on our copy.
     private func readTap(now: Int) {
+        // Frames other queues read for us first: they waited longer.
+        steering?.inboxes[queueIndex].drain(while: { rxRoom }) { entry, frame in
+            if stalled { statistics.add(statistics.rxDropped); return }
+            let index = (rxHead + rxCount) % Self.receiveQueueCapacity
+            (rxBuffer(index) + VirtioNetHeader.size).copyMemory(from: frame, byteCount: entry.length)
+            var entry = entry
+            entry.enqueued = now
+            rxEntries[index] = entry
+            rxCount += 1
+            rxQueuedBytes += entry.length
+        }
         while rxRoom {
             let index = (rxHead + rxCount) % Self.receiveQueueCapacity
             let buffer = rxBuffer(index)
@@ -656,6 +668,11 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
             }
             guard var entry = prepare(buffer: buffer, count: n) else {
                 statistics.add(statistics.rxDropped)
+                continue
+            }
+            if let target = steeringTarget(entry), target != queueIndex {
+                // The guest's mapping table wants it on another queue.
+                if !steering!.inboxes[target].push(entry, frame: buffer + VirtioNetHeader.size) { statistics.add(statistics.rxDropped) }
                 continue
             }
             entry.enqueued = now
@@ -715,6 +732,14 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         entry.slotsNeeded = dataSlots + (entry.gsoType != 0 ? 1 : 0) + (entry.hasHash ? 1 : 0)
         capture?.write(frame.baseAddress!, length: length)
         return entry
+    }
+
+    /// The queue the guest's mapping table names for a hashed frame
+    /// (entries were checked against the queue count when set, XSA-270).
+    private func steeringTarget(_ entry: RxEntry) -> Int? {
+        guard steering != nil, entry.hasHash, hashCache.mappingSize > 0 else { return nil }
+        let target = Int(hashCache.mapping[Int(entry.hash % UInt32(hashCache.mappingSize))])
+        return target < queueCount ? target : nil
     }
 
     /// The Toeplitz hash of the flow, for the types the frontend enabled

@@ -111,4 +111,56 @@ let rssKey: [UInt8] = [
             #expect(udpFrame.bytes == udp)
         }
     }
+
+    /// The guest's mapping table steers received frames: every flow goes to
+    /// the queue its hash maps to, whichever TAP queue the kernel picked,
+    /// and a new table moves them.
+    @Test func theMappingTableSteersReceivedFrames() async throws {
+        try await withVIF(options: NetFrontendOptions(queues: 2, controlRing: true)) { _, lab, _, front in
+            let control = try #require(front.control)
+            let grant = control.scratchGrant.rawValue
+            func mapEverything(to queue: UInt32) async throws -> [UInt32] {
+                try await offThePool { () throws -> [UInt32] in
+                    let scratch = control.scratch
+                    for (i, b) in rssKey.enumerated() { scratch.storeBytes(of: b, toByteOffset: i, as: UInt8.self) }
+                    var statuses = [try control.request(.setHashAlgorithm, (NetHashAlgorithm.toeplitz, 0, 0)).0,
+                                    try control.request(.setHashFlags, (NetHashTypes.ipv4.rawValue, 0, 0)).0,
+                                    try control.request(.setHashKey, (grant, 40, 0)).0,
+                                    try control.request(.setHashMappingSize, (8, 0, 0)).0]
+                    for i in 0..<8 { scratch.storeBytes(of: queue, toByteOffset: 4 * i, as: UInt32.self) }
+                    statuses.append(try control.request(.setHashMapping, (grant, 8, 0)).0)
+                    return statuses
+                }
+            }
+            let injector = try lab.injector()
+            /// Sends 32 flows (32 source addresses) and counts, per queue, the frames that arrive.
+            func flowsPerQueue(round: UInt8) async throws -> [Int] {
+                for flow in 0..<32 {
+                    let frame = Frames.udp(sourceMAC: [2, 0, 0, 0, 0, 9], destinationMAC: guestMAC, sourceIP: [10, round, 1, UInt8(flow + 1)],
+                                           destinationIP: [10, 77, 0, 2], sourcePort: 4000, destinationPort: 5000, payload: [round, UInt8(flow)])
+                    _ = injector.inject(frame)
+                }
+                return try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                    for (index, queue) in front.queues.enumerated() {
+                        group.addTask {
+                            try await offThePool { () throws -> (Int, Int) in
+                                var got = 0
+                                while let f = try queue.receive(timeoutMilliseconds: 500) {
+                                    if f.bytes.count > 30 && f.bytes[26] == 10 && f.bytes[27] == round { got += 1 }
+                                }
+                                return (index, got)
+                            }
+                        }
+                    }
+                    var counts = [0, 0]
+                    for try await (index, got) in group { counts[index] = got }
+                    return counts
+                }
+            }
+            #expect(try await mapEverything(to: 1) == Array(repeating: NetControlStatus.success, count: 5))
+            #expect(try await flowsPerQueue(round: 1) == [0, 32], "every flow on queue 1")
+            #expect(try await mapEverything(to: 0) == Array(repeating: NetControlStatus.success, count: 5))
+            #expect(try await flowsPerQueue(round: 2) == [32, 0], "every flow on queue 0")
+        }
+    }
 }
