@@ -29,6 +29,7 @@ checks = {b: {} for b in backends}
 fio = {b: {} for b in backends}
 iperf = {b: {} for b in backends}
 notes = {b: [] for b in backends}
+cpu = {b: {} for b in backends}
 phases = {}
 for line in lines:
     m = re.search(r"LAB-CHECK (\S+) (\S+) (ok|FAIL) ?(.*)", line)
@@ -42,6 +43,12 @@ for line in lines:
     m = re.search(r"LAB-IPERF (\S+) (tx|rx) mbps=([\d.]+)", line)
     if m and m.group(1) in iperf:
         iperf[m.group(1)][m.group(2)] = float(m.group(3))
+        continue
+    m = re.search(r"LAB-CPU (\S+) (\S+) dom0_cpus=([\d.]+) backend_process_cpus=([\d.]+)(?: user=([\d.]+) system=([\d.]+))?", line)
+    if m and m.group(1) in cpu:
+        cpu[m.group(1)][m.group(2)] = {"dom0_cpus": float(m.group(3)), "xenbackd_cpus": float(m.group(4))}
+        if m.group(5):
+            cpu[m.group(1)][m.group(2)].update(xenbackd_user=float(m.group(5)), xenbackd_system=float(m.group(6)))
         continue
     m = re.search(r"(LAB-(?:NEGOTIATED|INFO)) (\S+) (.*)", line)
     if m and m.group(2) in notes:
@@ -64,10 +71,20 @@ for b in backends:
         print(f"  {status:4} {name:26} {detail}")
     for n in notes[b]:
         print(f"       {n}")
+    def load(job):
+        c = cpu[b].get(job)
+        if not c:
+            return ""
+        own = ""
+        if b in ("xenbackd", "faults"):
+            own = f", xenbackd {c['xenbackd_cpus']:.2f}"
+            if "xenbackd_user" in c:
+                own += f" (user {c['xenbackd_user']:.2f}, system {c['xenbackd_system']:.2f})"
+        return f"   dom0 {c['dom0_cpus']:.2f} CPUs busy{own}"
     for job, v in fio[b].items():
-        print(f"  fio  {job:26} {v['iops']:7d} IOPS {v['mibps']:8.1f} MiB/s")
+        print(f"  fio  {job:26} {v['iops']:7d} IOPS {v['mibps']:8.1f} MiB/s{load(job)}")
     for direction, v in iperf[b].items():
-        print(f"  iperf {direction:25} {v:8.0f} Mbit/s")
+        print(f"  iperf {direction:25} {v:8.0f} Mbit/s{load('iperf_' + direction)}")
 
 ratios = {}
 for base in ("kernel", "qdisk"):
@@ -86,6 +103,6 @@ if ratios:
         print(f"{k}: " + ", ".join(f"{j} {x}" for j, x in r.items()))
 print(f"\n{'PASSED' if not failed else 'FAILED: ' + ', '.join(failed)}")
 print(json.dumps({"lab": mode, "passed": not failed, "failed": failed,
-                  "fio": fio, "iperf": iperf, "ratios": ratios,
+                  "fio": fio, "iperf": iperf, "cpu": cpu, "ratios": ratios,
                   "dom0_ready_s": phases.get("dom0-ready"), "total_s": phases.get("dom0-done")}))
 sys.exit(1 if failed else 0)

@@ -17,6 +17,16 @@ KVER=$(ls /lib/modules | sort -V | tail -1)
 export DM_DISABLE_UDEV=1
 check() { echo "LAB-CHECK $be $1 $2 ${3:-}"; }
 xs() { timeout 10 xenstore-read "$@" 2>/dev/null; }
+# Where the time goes: dom0's busy and total CPU ticks, and the daemon's (if any).
+cpu_sample() {
+  echo "$(awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat) $( [ -n "$daemon" ] && awk '{print $14, $15}' /proc/$daemon/stat || echo 0 0)"
+}
+cpu_report() {  # job: dom0 CPUs busy during it, and how many of them were xenbackd
+  [ -f /tmp/cpu-$1 ] || return
+  set -- $1 $(cat /tmp/cpu-$1) $(cpu_sample)
+  # start: busy total user system; end: the same
+  echo "$2 $3 $4 $5 $6 $7 $8 $9" | awk -v be=$be -v job=$1 -v n=$(nproc) '{dt=$6-$2; if (dt>0) printf "LAB-CPU %s %s dom0_cpus=%.2f backend_process_cpus=%.2f user=%.2f system=%.2f\n", be, job, n*($5-$1)/dt, n*($7-$3+$8-$4)/dt, n*($7-$3)/dt, n*($8-$4)/dt}'
+}
 start_daemon() {
   # The kernel's backends must not serve backend/vbd and backend/vif: unloaded.
   modprobe -r xen-netback xen-blkback 2>/dev/null
@@ -85,7 +95,12 @@ C
   # markers and relay its console and the daemon's log as they grow.
   while [ -n "$domid" ] && [ $i -lt $deadline ]; do
     n=$(wc -l < $console 2>/dev/null || echo 0)
-    [ "$n" -gt $shown ] && sed -n "$((shown+1)),${n}p" $console | sed "s/^/LAB-GUEST $be /" && shown=$n
+    if [ "$n" -gt $shown ]; then
+      sed -n "$((shown+1)),${n}p" $console > /tmp/new-lines; shown=$n
+      sed "s/^/LAB-GUEST $be /" /tmp/new-lines
+      for job in $(sed -n 's/.*LAB-T [0-9.]* job-start-\([a-z0-9_]*\).*/\1/p' /tmp/new-lines); do cpu_sample > /tmp/cpu-$job; done
+      for job in $(sed -n 's/.*LAB-T [0-9.]* job-end-\([a-z0-9_]*\).*/\1/p' /tmp/new-lines); do cpu_report $job; done
+    fi
     if [ -n "$daemon" ]; then
       n=$(wc -l < /run/xenbackd.log)
       [ "$n" -gt $dshown ] && sed -n "$((dshown+1)),${n}p" /run/xenbackd.log | cut -c1-300 | sed "s/^/LAB-DAEMON /" && dshown=$n
@@ -132,6 +147,7 @@ C
     fi
     sleep 1; i=$((i+1))
   done
+  rm -f /tmp/cpu-*
   t "guest-$be-gone after ${i}s"
   [ $i -ge $deadline ] && check guest-deadline FAIL "the guest still ran after $deadline s"
   n=$(wc -l < $console 2>/dev/null || echo 0)

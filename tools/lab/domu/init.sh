@@ -38,9 +38,11 @@ write_pattern() {
   if [ "$want" = "$got" ]; then check pattern-readback ok "$PATTERN_MB MiB at $seek MiB"; else check pattern-readback FAIL "wrote $want read $got"; fi
 }
 fio_job() {  # name rw bs depth
+  t job-start-$1   # dom0 samples its CPU use between these two marks
   out=$(fio --name=$1 --filename=/dev/xvdb --ioengine=libaio --direct=1 --rw=$2 --bs=$3 --iodepth=$4 \
         --runtime=$RT --time_based --minimal 2>&1 | tail -1)
   # terse v3: field 7/8 read KiB/s and IOPS, 48/49 the same for writes
+  t job-end-$1
   echo "$out" | awk -F';' -v be=$BE -v job=$1 'NF > 50 {printf "LAB-FIO %s %s iops=%d kibps=%d\n", be, job, $8 + $49, $7 + $48; ok=1} END {if (!ok) print "LAB-CHECK " be " fio-" job " FAIL no result"}'
 }
 
@@ -131,7 +133,9 @@ if [ "$NET" = 1 ] && [ $MODE = full ]; then
   t iperf-start
   for dir in tx rx; do
     flag=""; [ $dir = rx ] && flag=-R
+    t job-start-iperf_$dir
     mbps=$(iperf3 -c 10.0.0.1 -t $RT -f m $flag 2>&1 | awk '/receiver/ {print $(NF-2)}')
+    t job-end-iperf_$dir
     if [ -n "$mbps" ]; then echo "LAB-IPERF $BE $dir mbps=$mbps"; else check iperf-$dir FAIL "no result"; fi
   done
   info "net_queues=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
