@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the lab's images from Debian's packages, cached in $LAB_WORK (default
-# tools/lab/work, git-ignored):
+# tools/lab/cache, git-ignored):
 #   rootfs/              the dom0 tree: Xen 4.17, xl, xenstored, Linux 6.1, qemu-system-xen,
 #                        fio, iperf3, and the shared libraries xenbackd links (libaio, liburing, libpcap)
 #   boot/                Xen (uncompressed multiboot ELF), the dom0/domU kernel, the dom0 initrd
@@ -9,7 +9,7 @@
 # Needs root, the host packages below, and deb.debian.org.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-work=${LAB_WORK:-$here/work}
+work=${LAB_WORK:-$here/cache}
 root=$work/rootfs
 mirror=${MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$work"
