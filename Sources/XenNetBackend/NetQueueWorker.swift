@@ -228,27 +228,20 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
 
         let txSlots = Int(txRing.size)
         let rxSlots = Int(rxRing.size)
-        txBuffers = Self.reserve(Self.transmitBatch * Self.packetStride)
+        txBuffers = reservePacketMemory(Self.transmitBatch * Self.packetStride)
         txPackets = .allocate(capacity: Self.transmitBatch)
         txPackets.initialize(repeating: TxPacket())
         txResponses = .allocate(capacity: txSlots)
         txResponses.initialize(repeating: NetTxResponse(id: 0, status: 0))
         txCopies = .allocate(capacity: txSlots)
         txCopies.initialize(repeating: GrantCopyOperation(source: .local(txBuffers), destination: .local(txBuffers), length: 0))
-        rxBuffers = Self.reserve(Self.receiveQueueCapacity * Self.packetStride)
+        rxBuffers = reservePacketMemory(Self.receiveQueueCapacity * Self.packetStride)
         rxEntries = .allocate(capacity: Self.receiveQueueCapacity)
         rxEntries.initialize(repeating: RxEntry())
         rxPending = .allocate(capacity: rxSlots)
         rxPending.initialize(repeating: RxPending(slot: NetRxSlot(NetRxResponse(id: 0, offset: 0, flags: [], status: 0)), copyIndex: -1))
         rxCopies = .allocate(capacity: rxSlots)
         rxCopies.initialize(repeating: GrantCopyOperation(source: .local(rxBuffers), destination: .local(rxBuffers), length: 0))
-    }
-
-    private static func reserve(_ bytes: Int) -> UnsafeMutableRawPointer {
-        // Reserved, not committed: only pages a packet touched take memory.
-        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        precondition(p != MAP_FAILED && p != nil, "cannot reserve \(bytes) bytes of packet buffers")
-        return p!
     }
 
     /// Gives back what belongs to the guest: event channels, ring and
@@ -946,4 +939,12 @@ public func monotonicNanoseconds() -> Int {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec)
+}
+
+/// Packet buffers reserved, not committed: only pages a packet touched take
+/// memory. The caller owns them and unmaps them (munmap, same size).
+func reservePacketMemory(_ bytes: Int) -> UnsafeMutableRawPointer {
+    let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    precondition(p != MAP_FAILED && p != nil, "cannot reserve \(bytes) bytes of packet buffers")
+    return p!
 }

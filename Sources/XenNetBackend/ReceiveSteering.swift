@@ -39,7 +39,7 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
 
         init(stride: Int) {
             self.stride = stride
-            frames = mmap(nil, Self.capacity * stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
+            frames = reservePacketMemory(Self.capacity * stride)
             entries = .allocate(capacity: Self.capacity)
             entries.initialize(repeating: ReceiveEntry())
             wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))

@@ -148,7 +148,7 @@ struct XenbackdCommand: AsyncParsableCommand {
             }
         }
         do {
-            try await serve(registry: registry, exporter: exporter, endpoint: endpoint,
+            try await serve(exporter: exporter, endpoint: endpoint,
                             block: blockConfiguration, net: netConfiguration, logger: logger)
         } catch {
             await endpoint?.stop()
@@ -157,7 +157,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         await endpoint?.stop()
     }
 
-    private func serve(registry: PrometheusCollectorRegistry, exporter: (@Sendable () -> Void)?, endpoint: MetricsEndpoint?,
+    private func serve(exporter: (@Sendable () -> Void)?, endpoint: MetricsEndpoint?,
                        block: BlockBackendConfiguration, net: NetBackendConfiguration, logger: Logger) async throws {
         let backend = DomainID(domain)
         let readyLine = "ready pid=\(getpid())" + (endpoint.map { " metrics=\($0.url)" } ?? "")
@@ -178,8 +178,10 @@ struct XenbackdCommand: AsyncParsableCommand {
 
     static func parseListen(_ text: String) -> (host: String, port: Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        let host = String(text[..<colon])
-        return host.isEmpty ? nil : (host, port)
+        var host = text[..<colon]
+        // [::1]:9512 names an IPv6 address; the brackets are not part of it.
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        return host.isEmpty ? nil : (String(host), port)
     }
 
     /// The registry in Prometheus' text format, written to a temporary file
