@@ -134,7 +134,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// restarted, now back in InitWait): sets up new rings on the same guest
     /// frames with new grants, renegotiates, and replaces `queues`. Requests
     /// that were in flight are the caller's to resubmit, as blkfront's
-    /// recovery does. Grants the dead backend still held busy are left.
+    /// recovery does. Grants the dead backend still holds busy are revoked
+    /// later, when the guest runs short of refs (SimDomain.endForeignAccessOrDefer).
     public func reconnect() async throws {
         for queue in queues { _ = queue.revokeGrants() }
         try await xenstore.write(frontendPath + "/state", "\(XenbusState.initialising.rawValue)")
@@ -293,7 +294,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     func revokeGrants() -> Bool {
         var all = true
         for ref in ringRefs + slotGrants.flatMap({ $0 }) + indirectGrants.flatMap({ $0 }) {
-            all = domain.endForeignAccess(ref) && all
+            all = domain.endForeignAccessOrDefer(ref) && all
         }
         try? events.unbind(port)
         return all

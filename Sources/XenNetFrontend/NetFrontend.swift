@@ -246,7 +246,7 @@ public final class NetFrontendQueue: @unchecked Sendable {
 
     func revokeGrants() -> Bool {
         var all = true
-        for ref in [txRingRef, rxRingRef] + txGrants + rxGrants { all = domain.endForeignAccess(ref) && all }
+        for ref in [txRingRef, rxRingRef] + txGrants + rxGrants { all = domain.endForeignAccessOrDefer(ref) && all }
         try? events.unbind(txPort)
         if rxPort != txPort { try? events.unbind(rxPort) }
         return all

@@ -47,14 +47,21 @@ public final class SimClient: @unchecked Sendable {
     }
 
     private func adopt(_ id: DomainID, _ reply: (values: [UInt32], fds: [Int32])) throws(SimError) -> SimDomain {
-        guard reply.values.count >= 2, reply.fds.count == 2 else {
+        guard reply.values.count >= 2, reply.fds.count == 3 else {
             for fd in reply.fds { close(fd) }
             throw .remote(operation: "domain reply", errno: EPROTO)
         }
-        let memory = try SharedPages(adopting: reply.fds[0], pageCount: Int(reply.values[0]))
-        let tablePages = (Int(reply.values[1]) * GrantFlags.entrySize + 4095) / 4096
-        let table = try SharedPages(adopting: reply.fds[1], pageCount: tablePages)
-        return local.attach(SimDomain(id: id, memory: memory, grantTable: table, grantEntries: reply.values[1], hypervisor: local))
+        let entries = Int(reply.values[1])
+        let memory: SharedPages, table: SharedPages
+        do {
+            memory = try SharedPages(adopting: reply.fds[0], pageCount: Int(reply.values[0]))
+        } catch { close(reply.fds[1]); close(reply.fds[2]); throw error }
+        do {
+            table = try SharedPages(adopting: reply.fds[1], pageCount: (entries * GrantFlags.entrySize + 4095) / 4096)
+        } catch { close(reply.fds[2]); throw error }
+        let ledger = try SharedPages(adopting: reply.fds[2], pageCount: SimServer.pinLedgerPages(entries: entries))
+        return local.attach(SimDomain(id: id, memory: memory, grantTable: table, grantEntries: reply.values[1],
+                                      pinLedger: ledger, hypervisor: local))
     }
 
     /// Creates a guest on the server and maps it here.

@@ -31,8 +31,14 @@ public final class SimDomain: @unchecked Sendable {
     let memory: SharedPages
     let grantTable: SharedPages
     let grantEntryCount: UInt32
+    /// This process's pin counts per ref, in a memfd the sim server also
+    /// maps, so that it can release them when this process dies (as Xen does
+    /// when a dead process's gntdev file closes). Only in a `SimClient`.
+    let pinLedger: SharedPages?
     weak var hypervisor: SimHypervisor?
-    private let freeRefs: Mutex<[UInt32]>
+    /// The guest's free refs, and those whose revocation waits for a backend
+    /// to let go (Linux's deferred end_foreign_access).
+    private let freeRefs: Mutex<(free: [UInt32], deferred: [UInt32])>
 
     init(id: DomainID, pageCount: Int, grantEntries: UInt32, hypervisor: SimHypervisor) throws(SimError) {
         self.id = id
@@ -41,19 +47,23 @@ public final class SimDomain: @unchecked Sendable {
         let tablePages = (Int(grantEntries) * GrantFlags.entrySize + 4095) / 4096
         grantTable = try SharedPages(name: "xenback-dom\(id.rawValue)-grants", pageCount: tablePages)
         grantEntryCount = grantEntries
+        pinLedger = nil
         self.hypervisor = hypervisor
-        freeRefs = Mutex(Array((GrantFlags.reservedEntries..<grantEntries).reversed()))
+        freeRefs = Mutex((Array((GrantFlags.reservedEntries..<grantEntries).reversed()), []))
     }
 
     /// A domain whose memory and grant table another process created.
-    init(id: DomainID, memory: SharedPages, grantTable: SharedPages, grantEntries: UInt32, hypervisor: SimHypervisor) {
+    init(id: DomainID, memory: SharedPages, grantTable: SharedPages, grantEntries: UInt32, pinLedger: SharedPages?,
+         hypervisor: SimHypervisor) {
+        precondition(pinLedger.map { $0.pageCount * 4096 >= Int(grantEntries) * 4 } ?? true)
         self.id = id
         self.pageCount = memory.pageCount
         self.memory = memory
         self.grantTable = grantTable
         grantEntryCount = grantEntries
+        self.pinLedger = pinLedger
         self.hypervisor = hypervisor
-        freeRefs = Mutex(Array((GrantFlags.reservedEntries..<grantEntries).reversed()))
+        freeRefs = Mutex((Array((GrantFlags.reservedEntries..<grantEntries).reversed()), []))
     }
 
     /// The guest's own view of page `frame` (valid while the domain lives).
@@ -66,6 +76,17 @@ public final class SimDomain: @unchecked Sendable {
         // SAFETY: ref < grantEntryCount (checked by callers); the table
         // mapping lives as long as the domain.
         UnsafePointer((grantTable.base + Int(ref) * GrantFlags.entrySize).assumingMemoryBound(to: Atomic<UInt16>.self))
+    }
+
+    /// Publishes this process's pins of `ref` (readers in the high half,
+    /// writers in the low) for the sim server. Releasing, though the server
+    /// reads a ledger only once its writer's connection has closed.
+    func recordPins(_ ref: UInt32, readers: Int, writers: Int) {
+        guard let pinLedger else { return }
+        // SAFETY: ref < grantEntryCount and the ledger holds a word per entry
+        // (checked in init); it is mapped for the domain's life.
+        let word = (pinLedger.base + Int(ref) * 4).assumingMemoryBound(to: Atomic<UInt32>.self)
+        word.pointee.store(UInt32(min(readers, 0xFFFF)) << 16 | UInt32(min(writers, 0xFFFF)), ordering: .releasing)
     }
 
     func entryDomain(_ ref: UInt32) -> UInt16 {
@@ -83,7 +104,10 @@ public final class SimDomain: @unchecked Sendable {
         // its own free list over the shared table: an entry is ours only once
         // we swing its flags from 0 (unused) to claimed; one another process
         // took is dropped from our list.
-        while let ref = freeRefs.withLock({ $0.popLast() }) {
+        while let ref = freeRefs.withLock({ refs -> UInt32? in
+            if refs.free.isEmpty { retryDeferred(&refs) }
+            return refs.free.popLast()
+        }) {
             let (exchanged, _) = flags(ref).pointee.compareExchange(expected: 0, desired: GrantFlags.claimed, ordering: .acquiringAndReleasing)
             guard exchanged else { continue }
             writeEntry(ref, domain: domain.rawValue, frame: frame,
@@ -108,19 +132,48 @@ public final class SimDomain: @unchecked Sendable {
     /// holds it (the reading/writing bits are set); false then, as Linux's
     /// gnttab_end_foreign_access_ref reports, and the grant stays.
     public func endForeignAccess(_ ref: GrantRef) -> Bool {
-        guard ref.rawValue < grantEntryCount else { return false }
-        var current = flags(ref.rawValue).pointee.load(ordering: .acquiring)
-        while true {
-            if current & (GrantFlags.reading | GrantFlags.writing) != 0 { return false }
-            let (exchanged, original) = flags(ref.rawValue).pointee.compareExchange(
-                expected: current, desired: 0, ordering: .acquiringAndReleasing)
-            if exchanged { break }
-            current = original
-        }
+        guard ref.rawValue < grantEntryCount, tryEnd(ref.rawValue) else { return false }
         if ref.rawValue >= GrantFlags.reservedEntries {
-            freeRefs.withLock { $0.append(ref.rawValue) }
+            freeRefs.withLock { $0.free.append(ref.rawValue) }
         }
         return true
+    }
+
+    /// Revokes the grant, or, while a backend still holds it, keeps it to
+    /// retry when the free list runs dry: a frontend giving up on a dead or
+    /// stuck backend must not lose the entry for good (Linux defers such
+    /// refs the same way). Returns whether it was revoked now.
+    @discardableResult
+    public func endForeignAccessOrDefer(_ ref: GrantRef) -> Bool {
+        if endForeignAccess(ref) { return true }
+        guard ref.rawValue >= GrantFlags.reservedEntries, ref.rawValue < grantEntryCount else { return false }
+        freeRefs.withLock { $0.deferred.append(ref.rawValue) }
+        return false
+    }
+
+    /// Refs still waiting for a backend to let go.
+    public var deferredRevocations: Int { freeRefs.withLock { $0.deferred.count } }
+
+    /// Moves every deferred ref no longer held to the free list; bounded by
+    /// the deferred list, which holds each ref at most once.
+    private func retryDeferred(_ refs: inout (free: [UInt32], deferred: [UInt32])) {
+        var stillHeld: [UInt32] = []
+        for ref in refs.deferred {
+            if tryEnd(ref) { refs.free.append(ref) } else { stillHeld.append(ref) }
+        }
+        refs.deferred = stillHeld
+    }
+
+    /// Clears the entry unless the busy bits say a mapping or copy holds it.
+    private func tryEnd(_ ref: UInt32) -> Bool {
+        var current = flags(ref).pointee.load(ordering: .acquiring)
+        while true {
+            if current & (GrantFlags.reading | GrantFlags.writing) != 0 { return false }
+            let (exchanged, original) = flags(ref).pointee.compareExchange(
+                expected: current, desired: 0, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            current = original
+        }
     }
 
     /// The guest side of event channels: a device for this domain.

@@ -87,6 +87,14 @@ public final class SimHypervisor: @unchecked Sendable {
     /// Number of live grant mappings (tests check nothing leaks).
     public var mappingCount: Int { withState { $0.mappings.count } }
 
+    /// Whether this hypervisor's own pins hold `ref` of `domain` (readers, writers).
+    func holds(_ ref: UInt32, of domain: UInt16) -> (reading: Bool, writing: Bool) {
+        withState { s in
+            let count = s.pins[PortKey(domain: domain, port: ref)] ?? (0, 0)
+            return (count.readers > 0, count.writers > 0)
+        }
+    }
+
     // MARK: Grant checks, as Xen does them
 
     /// Validates ref of `granter` for `backend` and pins it (sets the busy
@@ -114,6 +122,7 @@ public final class SimHypervisor: @unchecked Sendable {
         count.readers += 1
         if write { count.writers += 1 }
         s.pins[key] = count
+        granter.recordPins(ref, readers: count.readers, writers: count.writers)
         guard Int(frame) < granter.pageCount else {
             unpin(ref, of: granter, write: write, in: &s)
             return .failure(.badPage)
@@ -131,6 +140,7 @@ public final class SimHypervisor: @unchecked Sendable {
         if count.writers == 0 { clear |= GrantFlags.writing }
         if count.readers == 0 { clear |= GrantFlags.reading }
         s.pins[key] = count.readers == 0 ? nil : count
+        granter.recordPins(ref, readers: count.readers, writers: count.writers)
         if clear != 0 { granter.flags(ref).pointee.bitwiseAnd(~clear, ordering: .acquiringAndReleasing) }
     }
 }

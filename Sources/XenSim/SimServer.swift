@@ -18,6 +18,15 @@ public final class SimServer: @unchecked Sendable {
     let logger: Logger
     let listener: Int32
     private let accepting = Mutex<JoinableThreadBox?>(nil)
+    /// Each live connection's pin ledgers, per domain it attached: the
+    /// grants its process has mapped or is copying (SimDomain.recordPins).
+    private let pinLedgers = Mutex<(next: UInt64, byConnection: [UInt64: [UInt16: SharedPages]])>((1, [:]))
+
+    /// Called after a connection's resources are released (tests wait on it).
+    let connectionClosed = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// A ledger holds a u32 per grant entry.
+    static func pinLedgerPages(entries: Int) -> Int { (entries * 4 + 4095) / 4096 }
 
     final class JoinableThreadBox: @unchecked Sendable {
         var thread: JoinableThread?
@@ -72,19 +81,72 @@ public final class SimServer: @unchecked Sendable {
     func serve(_ client: Int32) {
         var devices: [UInt32: SimEventChannelDevice] = [:]
         var nextDevice: UInt32 = 1
+        let connection = pinLedgers.withLock { l -> UInt64 in
+            defer { l.next += 1 }
+            l.byConnection[l.next] = [:]
+            return l.next
+        }
         defer {
             for device in devices.values { device.closeAll() }
+            releasePins(of: connection)
             close(client)
+            connectionClosed.withLock { $0 }?()
         }
         while let (words, fds) = SimWire.receive(client) {
             let request = words + [UInt32](repeating: 0, count: max(0, 5 - words.count))
-            let (reply, replyFDs) = handle(request, fds, &devices, &nextDevice)
+            let (reply, replyFDs) = handle(request, fds, connection, &devices, &nextDevice)
             _ = SimWire.send(client, reply, fds: replyFDs)
             for fd in replyFDs { close(fd) }  // the receiver has its own references now
         }
     }
 
-    private func handle(_ r: [UInt32], _ fds: [Int32], _ devices: inout [UInt32: SimEventChannelDevice],
+    /// The ledger `connection` records its pins of `domain` in, made on first use.
+    private func ledger(for connection: UInt64, of domain: SimDomain) throws(SimError) -> SharedPages {
+        if let existing = pinLedgers.withLock({ $0.byConnection[connection]?[domain.id.rawValue] }) { return existing }
+        let made = try SharedPages(name: "xenback-dom\(domain.id.rawValue)-pins",
+                                   pageCount: Self.pinLedgerPages(entries: Int(domain.grantEntryCount)))
+        pinLedgers.withLock { $0.byConnection[connection]?[domain.id.rawValue] = made }
+        return made
+    }
+
+    /// A connection closed (its process may have died holding grants): drops
+    /// its pins and clears the busy bits no one else holds, as Xen does when a
+    /// dead process's gntdev file closes, so the guest can revoke its grants.
+    /// A pin another client takes on the same ref at this very moment could
+    /// see its bit cleared; backends share no refs in the sim.
+    func releasePins(of connection: UInt64) {
+        let (mine, others) = pinLedgers.withLock { l in
+            let mine = l.byConnection.removeValue(forKey: connection) ?? [:]
+            return (mine, l.byConnection.values.map { $0 })
+        }
+        for (domid, ledger) in mine {
+            guard let domain = hypervisor.domain(DomainID(domid)) else { continue }
+            let otherLedgers = others.compactMap { $0[domid] }
+            // SAFETY: each ledger maps a u32 per entry of this domain and lives
+            // while referenced here; its writer is gone or writes other refs.
+            func pins(_ l: SharedPages, _ ref: UInt32) -> UInt32 {
+                (l.base + Int(ref) * 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .acquiring)
+            }
+            var released = 0
+            for ref in 0..<domain.grantEntryCount {
+                let held = pins(ledger, ref)
+                guard held != 0 else { continue }
+                released += 1
+                let elsewhere = otherLedgers.reduce(UInt32(0)) { $0 | pins($1, ref) }
+                let here = hypervisor.holds(ref, of: domid)
+                var clear: UInt16 = 0
+                if held & 0xFFFF != 0 && elsewhere & 0xFFFF == 0 && !here.writing { clear |= GrantFlags.writing }
+                if held >> 16 != 0 && elsewhere >> 16 == 0 && !here.reading { clear |= GrantFlags.reading }
+                if clear != 0 { domain.flags(ref).pointee.bitwiseAnd(~clear, ordering: .acquiringAndReleasing) }
+            }
+            if released > 0 {
+                logger.info("released the grants a closed connection held",
+                            metadata: ["domid": "\(domid)", "grants": "\(released)"])
+            }
+        }
+    }
+
+    private func handle(_ r: [UInt32], _ fds: [Int32], _ connection: UInt64, _ devices: inout [UInt32: SimEventChannelDevice],
                         _ nextDevice: inout UInt32) -> ([UInt32], [Int32]) {
         func failure(_ e: Int32) -> ([UInt32], [Int32]) {
             for fd in fds { close(fd) }
@@ -103,8 +165,10 @@ public final class SimServer: @unchecked Sendable {
                 guard let existing = hypervisor.domain(domain) else { return failure(ENOENT) }
                 d = existing
             }
+            let pins: SharedPages
+            do { pins = try ledger(for: connection, of: d) } catch { return failure(ENOMEM) }
             // Dups, closed after sending: the receiver gets its own references.
-            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd)])
+            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd), dup(pins.fd)])
         case .destroyDomain:
             guard hypervisor.domain(domain) != nil else { return failure(ENOENT) }
             hypervisor.destroyDomain(domain)
