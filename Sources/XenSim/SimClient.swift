@@ -1,4 +1,5 @@
 import CXenShims
+import Logging
 import Synchronization
 import XenPlatform
 import XenStore
@@ -85,6 +86,20 @@ public final class SimClient: @unchecked Sendable {
         let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
         guard reply.fds.count == 1 else { throw SimError.remote(operation: "xenstore connect", errno: EPROTO) }
         return try await XenStoreClient.connect(fileDescriptor: reply.fds[0])
+    }
+
+    /// A xenstore connection acting as `domain` that outlives a xenstored
+    /// restart: each reconnection asks the server for a new socket.
+    public func xenstore(as domain: DomainID, reconnectingWith logger: Logger) async throws -> XenStoreClient {
+        let endpoint = XenStoreReconnection.Endpoint.connectedSocket { [self] in
+            let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
+            guard reply.fds.count == 1 else {
+                for fd in reply.fds { close(fd) }
+                throw SimError.remote(operation: "xenstore connect", errno: EPROTO)
+            }
+            return reply.fds[0]
+        }
+        return try await XenStoreClient.connect(reconnecting: XenStoreReconnection(endpoint, logger: logger))
     }
 
     /// An event channel device for `domain`, served by the server's hypervisor.

@@ -50,6 +50,18 @@ public final class XenStoreServer: Service, @unchecked Sendable {
         try await group.shutdownGracefully()
     }
 
+    /// What a xenstored restart looks like to its clients: every connection
+    /// (socket and adopted) drops with its watches and transactions, and the
+    /// socket is bound anew. The store itself survives, as a xenstored
+    /// reloading its database does.
+    public func restart() async throws {
+        try? await listener?.close()
+        let open = try await loop.submit { [self] in Array(channels.values) }.get()
+        for channel in open { try? await channel.close() }
+        try await start()
+        logger.notice("xenstored restarted", metadata: ["dropped-connections": "\(open.count)"])
+    }
+
     /// Service: serve until graceful shutdown (SIGTERM), then stop cleanly.
     public func run() async throws {
         try await start()

@@ -94,7 +94,7 @@ struct BlockFrontCommand: AsyncParsableCommand {
         }
         let client = try SimClient(socketPath: sim!)
         let guest = try client.attachDomain(DomainID(domain))
-        let xenstore = try await client.xenstore(as: DomainID(domain))
+        let xenstore = try await client.xenstore(as: DomainID(domain), reconnectingWith: logger)
         let frontendPath = "/local/domain/\(domain)/device/vbd/\(devid)"
         func connectAndRun<L: RingLayout>(_: L.Type) async throws -> Bool where L.Request == BlockRequest, L.Response == BlockResponse {
             let front = try await BlockFrontend<L>.connect(

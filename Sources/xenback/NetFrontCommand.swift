@@ -104,7 +104,7 @@ struct NetFrontCommand: AsyncParsableCommand {
         } else {
             let client = try SimClient(socketPath: sim!)
             let guest = try client.attachDomain(DomainID(domain))
-            let xenstore = try await client.xenstore(as: DomainID(domain))
+            let xenstore = try await client.xenstore(as: DomainID(domain), reconnectingWith: logger)
             let frontendPath = "/local/domain/\(domain)/device/vif/\(handle)"
             if mac == nil, let text = try await xenstore.readIfPresent(frontendPath + "/mac"), let m = parseMAC(text) { guestMAC = m }
             let frames = firstFrame..<UInt32(guest.pageCount)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
+import UnixSignals
 import XenSim
 import XenStore
 #if canImport(Glibc)
@@ -18,7 +19,11 @@ struct SimServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Serve a software hypervisor and its xenstored to other processes (foreground; SIGTERM stops it).",
-        discussion: "Prints 'ready pid=PID' on standard output once both sockets accept connections.")
+        discussion: """
+            Prints 'ready pid=PID' on standard output once both sockets accept connections. \
+            SIGUSR1 restarts xenstored: every xenstore connection drops and the socket is bound anew; \
+            the store's contents stay.
+            """)
 
     @Option(help: "Control socket for sim clients (guest memory, grants, event channels).")
     var socket: String
@@ -57,6 +62,14 @@ struct SimService: Service {
         try await xenstore.start()
         let sim = try SimServer(socketPath: socket, xenstore: xenstore, logger: logger)
         sim.start()
+        // Trapped before "ready": a SIGUSR1 right after must not kill us.
+        let restarts = await UnixSignalsSequence(trapping: .sigusr1)
+        let restarter = Task {
+            for await _ in restarts {
+                do { try await xenstore.restart() } catch { logger.error("xenstored did not restart: \(error)") }
+            }
+        }
+        defer { restarter.cancel() }
         print("ready pid=\(getpid())")
         fflush(nil)  // all streams: the parent waits for this line
         try? await gracefulShutdown()

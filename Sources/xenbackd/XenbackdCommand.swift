@@ -164,12 +164,12 @@ struct XenbackdCommand: AsyncParsableCommand {
         switch platform.resolved() {
         case .sim, .auto:
             let client = try SimClient(socketPath: simSocket!)
-            let xenstore = try await client.xenstore(as: backend)
+            let xenstore = try await client.xenstore(as: backend, reconnectingWith: logger)
             try await serve(BackendDaemon(platform: client.platform(backend: backend), xenstore: xenstore,
                                           block: block, net: net, onMetricsUpdated: exporter, logger: logger),
                             readyLine: readyLine, logger: logger)
         case .host:
-            let xenstore = try await XenStoreClient.connectToSystem()
+            let xenstore = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(XenStoreClient.systemEndpoint, logger: logger))
             try await serve(BackendDaemon(platform: try HostPlatform(backendDomain: backend), xenstore: xenstore,
                                           block: block, net: net, onMetricsUpdated: exporter, logger: logger),
                             readyLine: readyLine, logger: logger)

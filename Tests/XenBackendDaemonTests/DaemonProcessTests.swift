@@ -276,6 +276,58 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
     }
 }
 
+@Suite struct XenStoredRestartTests {
+    /// xenstored restarts (SIGUSR1 to the sim: every xenstore connection
+    /// drops, the store stays) twice while a guest soaks a disk through
+    /// xenbackd. The daemon and the guest reconnect and re-register their
+    /// watches; I/O never stops (rings need no xenstore); a disk attached
+    /// after the first restart is found and served, and detached after the
+    /// second; nothing is lost and the daemon still exits cleanly.
+    @Test func daemonAndGuestOutliveXenstoredRestarts() async throws {
+        let host = try await SimProcesses()
+        let (xenback, simSocket) = (host.xenback, host.simSocket)
+        let dom0 = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(.socket(path: host.xsSocket)))
+        _ = try host.toolstack.createDomain(DomainID(4), pages: 2048, grantEntries: 8192)
+        _ = try host.toolstack.createDomain(DomainID(5), pages: 2048, grantEntries: 8192)
+        let soaked = TempDisk(megabytes: 64), attachedLater = TempDisk(megabytes: 32)
+        let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(4), target: soaked.path)
+        _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing") { $0 == .initWait }
+
+        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "4", "--soak", "120", "--iodepth", "8"])
+        let output = LineReader(guest)
+        func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
+        #expect(try await until("progress"))
+
+        host.sim.signal(SIGUSR1)
+        #expect(try await until("progress"), "I/O goes on across the restart")
+        #expect(try await until("progress"))
+
+        // The daemon's tree watch works again: a new disk is found and served.
+        let second = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(5), target: attachedLater.path)
+        _ = try await awaitXenbusState(dom0, second.backendPath, "xenbackd probing the disk added after the restart") { $0 == .initWait }
+        let (status, verified) = try await offThePool {
+            runShell("\(xenback) front blk --sim \(simSocket) --domain 5 --verify-mb 4 --seconds 1 --iodepth 4 2>&1")
+        }
+        #expect(status == 0 && verified.contains("verified: ok"), "\(verified)")
+
+        // And the device loop's watches: the disk is detached after another restart.
+        host.sim.signal(SIGUSR1)
+        try await second.setOffline(xenstore: dom0)
+        _ = try await awaitXenbusState(dom0, second.backendPath, "backend Closed after the second restart") { $0 == .closed }
+        try await second.remove(xenstore: dom0)
+        #expect(try await until("progress"))
+
+        guest.signal(SIGTERM)
+        #expect(try await until("verified:"))
+        #expect(guest.wait() == 0)
+        let verdict = output.lines.last ?? ""
+        #expect(verdict.hasPrefix("verified: ok") && verdict.contains("recoveries=0") && verdict.contains("lost=0"), "\(verdict)")
+        #expect(host.stopDaemon() == 0)
+        await dom0.close()
+        await host.shutdown()
+    }
+}
+
 /// A child's output lines, read on whatever thread asks (one at a time).
 final class LineReader: @unchecked Sendable {
     let child: Child

@@ -182,3 +182,57 @@ func readLine(from pipe: UnsafeMutablePointer<FILE>) -> String? {
         }
     }
 }
+
+/// xenstored restarting under its clients (issue 8): a reconnecting client
+/// carries on; a plain one reports the closed connection.
+@Suite struct XenStoreReconnectionTests {
+    @Test func aReconnectingClientOutlivesARestart() async throws {
+        try await withServer { server, path in
+            let client = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(.socket(path: path)))
+            let plain = try await XenStoreClient.connect(socketPath: path)
+            try await client.write("/restart/before", "1")
+            try await client.mkdir("/restart/watched")
+            let (token, events) = try await client.watch("/restart/watched")
+            var watched = events.makeAsyncIterator()
+            #expect(await watched.next()?.path == "/restart/watched", "the initial event")
+
+            // Writes in flight while xenstored restarts: each is sent again
+            // if its answer was lost, none fails.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<200 {
+                    group.addTask { try await client.write("/restart/n/\(i)", "\(i)") }
+                }
+                group.addTask { try await server.restart() }
+                try await group.waitForAll()
+            }
+            #expect(try await client.directory("/restart/n").count == 200)
+            #expect(try await client.readString("/restart/before") == "1", "the store survives the restart")
+            await #expect(throws: XenStoreClientError.connectionClosed) { try await plain.read("/restart/before") }
+
+            // The watch was registered again: its initial event, then a
+            // change another connection makes.
+            #expect(await watched.next()?.path == "/restart/watched", "the re-registered watch's initial event")
+            let other = try await XenStoreClient.connect(socketPath: path)
+            try await other.write("/restart/watched/key", "x")
+            let changed = await watched.next()?.path
+            #expect(changed == "/restart/watched/key")
+
+            // A transaction cut by a restart starts over and commits once.
+            try await client.write("/restart/counter", "0")
+            var attempts = 0
+            try await client.withTransaction { tx in
+                attempts += 1
+                let value = Int(try await client.readString("/restart/counter", transaction: tx))!
+                if attempts == 1 { try await server.restart() }
+                try await client.write("/restart/counter", "\(value + 1)", transaction: tx)
+            }
+            #expect(attempts == 2)
+            #expect(try await client.readString("/restart/counter") == "1")
+
+            try await client.unwatch("/restart/watched", token: token)
+            await client.close()
+            await #expect(throws: XenStoreClientError.connectionClosed) { try await client.read("/restart/before") }
+            await other.close()
+        }
+    }
+}
