@@ -73,7 +73,7 @@ let package = Package(
         .target(name: "XenProcess"),
         // The daemon's logic (device discovery, lifecycle), testable in-process.
         .target(name: "XenBackendDaemon", dependencies: [
-            "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenStore",
+            "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenStore", "XenStoreProtocol",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -143,7 +143,7 @@ let package = Package(
         .testTarget(name: "XenBlockProtocolTests", dependencies: ["XenBlockProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
-        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
+        .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenBlockTestbed", "XenBlockProtocol", "XenBlockBackend", "XenBusDriver", "XenStoreProtocol", "CXenShims", .product(name: "Logging", package: "swift-log"), "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
         .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol", "XenBusDriver", "XenProtocolTesting", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),

@@ -5,6 +5,7 @@ import XenBlockBackend
 import XenNetBackend
 import XenPlatform
 import XenStore
+import XenStoreProtocol
 
 /// The dom0 (or driver-domain) service: watches this domain's
 /// `backend/vbd` and `backend/vif` trees as the toolstack lays them out and
@@ -36,6 +37,10 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         var finished = false
     }
     private let served = Mutex<[String: Served]>([:])
+    /// Devices whose directory went and that are still tearing down: a
+    /// device made anew under the same key waits for them (XSA-350: a new
+    /// connection must not overlap the old one's teardown).
+    private let stopping = Mutex<[String: Task<Void, Never>]>([:])
 
     /// How often device counters reach swift-metrics.
     public let metricsInterval: Duration
@@ -158,28 +163,54 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     /// directory is gone.
     func reconcile() async throws {
         var present: Set<String> = []
+        let finished = served.withLock { s in Set(s.filter(\.value.finished).keys) }
+        var madeAnew: Set<String> = []
         for kind in ["vbd", "vif"] {
             let root = self.root(kind[...])
             for domain in (try? await xenstore.directory(root)) ?? [] {
                 for devid in (try? await xenstore.directory(root + "/" + domain)) ?? [] {
                     // A directory the toolstack is still filling has no frontend key yet.
-                    if try await xenstore.readIfPresent("\(root)/\(domain)/\(devid)/frontend") != nil {
-                        present.insert("\(kind)/\(domain)/\(devid)")
+                    let key = "\(kind)/\(domain)/\(devid)", path = "\(root)/\(domain)/\(devid)"
+                    if try await xenstore.readIfPresent(path + "/frontend") != nil {
+                        present.insert(key)
+                        // A finished device's directory back in Initialising was
+                        // removed and written anew (detach, attach) between two
+                        // looks of ours: serve the new one.
+                        if finished.contains(key),
+                           try await xenstore.readIfPresent(path + "/state") == "\(XenbusState.initialising.rawValue)" {
+                            madeAnew.insert(key)
+                        }
                     }
                 }
             }
         }
-        let (toStart, toStop) = served.withLock { s -> ([String], [Task<Void, Never>]) in
+        let (toStart, toStop) = served.withLock { s -> ([String], [String: Task<Void, Never>]) in
+            for key in madeAnew where s[key]?.finished == true {
+                s[key]?.metrics.destroy()
+                s[key] = nil
+            }
             let start = present.filter { s[$0] == nil }.sorted()
             let gone = s.filter { !present.contains($0.key) }
             for (key, gone) in gone {
                 gone.metrics.destroy()
                 s[key] = nil
             }
-            return (start, gone.values.map(\.task))
+            return (start, gone.mapValues(\.task))
         }
-        for task in toStop { task.cancel() }
+        for (key, task) in toStop {
+            task.cancel()
+            stopping.withLock { $0[key] = task }
+            Task { await task.value; stopping.withLock { if $0[key] == task { $0[key] = nil } } }
+        }
         for key in toStart { start(key) }
+    }
+
+    /// Waits until the device "vbd/DOMID/DEVID" or "vif/DOMID/HANDLE" has
+    /// stopped: removed by its frontend and toolstack, or its directory gone
+    /// and its teardown done. Returns at once for a device never served.
+    public func awaitStopped(_ key: String) async {
+        let tasks = [served.withLock { $0[key]?.task }, stopping.withLock { $0[key] }]
+        for task in tasks { await task?.value }
     }
 
     private func start(_ key: String) {
@@ -205,7 +236,12 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             metrics = BlockDeviceMetrics(domid: domid, devid: devid)
             run = { try await disk.run() }
         }
+        let predecessor = stopping.withLock { $0[key] }
         let task = Task { [logger = deviceLogger] in
+            if let predecessor {
+                logger.info("waiting for the previous device at this path to finish its teardown")
+                await predecessor.value
+            }
             do {
                 try await run()
                 logger.info("device finished")

@@ -190,8 +190,12 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             func put(_ key: String, _ value: String) async throws {
                 try await xenstore.write(frontendPath + "/" + key, value, transaction: t)
             }
-            if options.ringPageOrder > 0 { try await put("ring-page-order", "\(options.ringPageOrder)") }
-            if options.queues > 1 { try await put("multi-queue-num-queues", "\(options.queues)") }
+            // Keys a previous connection left that would describe other rings.
+            func drop(_ key: String) async throws {
+                do { try await xenstore.rm(frontendPath + "/" + key, transaction: t) } catch XenStoreClientError.failed(.noEntry, _, _) {}
+            }
+            if options.ringPageOrder > 0 { try await put("ring-page-order", "\(options.ringPageOrder)") } else { try await drop("ring-page-order") }
+            if options.queues > 1 { try await put("multi-queue-num-queues", "\(options.queues)") } else { try await drop("multi-queue-num-queues") }
             for (q, queue) in queues.enumerated() {
                 let prefix = options.queues == 1 ? "" : "queue-\(q)/"
                 if options.ringPageOrder == 0 {

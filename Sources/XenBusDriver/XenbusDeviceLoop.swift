@@ -36,11 +36,17 @@ public struct XenbusDeviceLoop: Sendable {
         // instead of mapping the stale ones.
         let previous = try await state(backendPath + "/state")
         let frontNow = try await state(frontendPath + "/state")
+        // InitWait is withheld until the frontend shows it has left the old
+        // rings: a recovering frontend writes Initialising and then waits for
+        // InitWait, so it cannot reach Initialised again before we have seen
+        // it start over (had we written InitWait first, its Initialising and
+        // Initialised could coalesce into one watch event that looks stale).
         var staleConnection = previous == .connected && (frontNow == .connected || frontNow == .initialised)
         if staleConnection {
             logger.warning("the frontend is connected to a previous backend; waiting for it to reconnect")
+        } else {
+            try await perform(machine.handle(.probed), machine: &machine, connect: connect, disconnect: disconnect)
         }
-        try await perform(machine.handle(.probed), machine: &machine, connect: connect, disconnect: disconnect)
 
         let (events, feed) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let stateWatch = try await xenstore.watch(frontendPath + "/state")
@@ -62,15 +68,17 @@ public struct XenbusDeviceLoop: Sendable {
                 try Task.checkCancellation()
                 // Watches coalesce: re-read both keys every time.
                 let online = try await xenstore.readIfPresent(backendPath + "/online").map { $0 != "0" } ?? true
+                let event: BackendEvent = try await state(frontendPath + "/state").map { .frontendState($0) } ?? .frontendVanished
+                if staleConnection {
+                    // Ignore the old connection until the frontend starts over
+                    // (or the toolstack takes the device away).
+                    if online && (event == .frontendState(.connected) || event == .frontendState(.initialised)) { continue }
+                    staleConnection = false
+                    try await perform(machine.handle(.probed), machine: &machine, connect: connect, disconnect: disconnect)
+                }
                 if online != lastOnline {
                     lastOnline = online
                     try await perform(machine.handle(.online(online)), machine: &machine, connect: connect, disconnect: disconnect)
-                }
-                let event: BackendEvent = try await state(frontendPath + "/state").map { .frontendState($0) } ?? .frontendVanished
-                if staleConnection {
-                    // Ignore the old connection until the frontend starts over.
-                    if event == .frontendState(.connected) || event == .frontendState(.initialised) { continue }
-                    staleConnection = false
                 }
                 if event != .frontendState(machine.frontendState) || event == .frontendVanished {
                     try await perform(machine.handle(event), machine: &machine, connect: connect, disconnect: disconnect)

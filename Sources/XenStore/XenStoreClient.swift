@@ -270,11 +270,19 @@ public final class XenStoreClient: Sendable {
 
     // MARK: Watches
 
+    /// Events a watch holds for a reader that does not keep up; past it the
+    /// oldest are dropped (XSA-349: a guest writing below a watched node
+    /// must not grow our memory), and an event naming the watched path
+    /// itself is queued in their place, as xenstored's initial event is:
+    /// "something below changed, re-read it all". So a watcher that filters
+    /// on paths never misses a change, only some of its names.
+    public static let maximumBufferedWatchEvents = 4096
+
     /// Watches `path` (and everything below it). The sequence starts with
     /// the initial event xenstored sends; it ends when `unwatch` is called or
     /// the connection closes. Events may coalesce: re-read what you watch.
     public func watch(_ path: String) async throws -> (token: String, events: AsyncStream<XenStoreWatchEvent>) {
-        let (stream, continuation) = AsyncStream.makeStream(of: XenStoreWatchEvent.self, bufferingPolicy: .bufferingNewest(4096))
+        let (stream, continuation) = AsyncStream.makeStream(of: XenStoreWatchEvent.self, bufferingPolicy: .bufferingNewest(Self.maximumBufferedWatchEvents))
         let token = try core.register(path, continuation)
         do {
             _ = try await call(.watch, [path, token], transaction: 0)
@@ -416,7 +424,9 @@ final class ClientCore: @unchecked Sendable {
         if message.type == .watchEvent {
             let parts = message.strings
             guard parts.count >= 2, let watcher = state.withLock({ $0.watchers[parts[1]] }) else { return }
-            watcher.events.yield(XenStoreWatchEvent(path: parts[0], token: parts[1]))
+            if case .dropped = watcher.events.yield(XenStoreWatchEvent(path: parts[0], token: parts[1])) {
+                watcher.events.yield(XenStoreWatchEvent(path: watcher.path, token: parts[1]))
+            }
             return
         }
         let asked = state.withLock { s -> Pending? in

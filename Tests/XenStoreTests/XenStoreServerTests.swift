@@ -97,10 +97,11 @@ func withServer(_ body: (XenStoreServer, String) async throws -> Void) async thr
         try await withServer { _, path in
             let c = try await XenStoreClient.connect(socketPath: path)
             // A header announcing 5000 bytes: xenstored cannot resync, so it hangs up.
-            var buffer = c.channel.allocator.buffer(capacity: 16)
+            let channel = c.channel
+            var buffer = channel.allocator.buffer(capacity: 16)
             for v: UInt32 in [2, 9, 0, 5000] { buffer.writeInteger(v, endianness: .little) }
-            try await c.channel.writeAndFlush(buffer)
-            try await c.channel.closeFuture.get()
+            try await channel.writeAndFlush(buffer)
+            try await channel.closeFuture.get()
             await #expect(throws: XenStoreClientError.connectionClosed) { try await c.read("/") }
         }
     }
@@ -233,6 +234,30 @@ func readLine(from pipe: UnsafeMutablePointer<FILE>) -> String? {
             await client.close()
             await #expect(throws: XenStoreClientError.connectionClosed) { try await client.read("/restart/before") }
             await other.close()
+        }
+    }
+}
+
+/// XSA-349 on our side: a watch whose reader has stopped cannot grow
+/// without bound, and overflowing it still says "re-read everything".
+@Suite struct XenStoreWatchBoundTests {
+    @Test func xsa349_aWatchNobodyReadsHoldsABoundedBacklog() async throws {
+        try await withServer { _, path in
+            let backend = try await XenStoreClient.connect(socketPath: path)
+            let guest = try await XenStoreClient.connect(socketPath: path)
+            try await guest.mkdir("/local/domain/9/device/vbd/768/state")
+            let (token, events) = try await backend.watch("/local/domain/9/device/vbd/768/state")
+            let flood = XenStoreClient.maximumBufferedWatchEvents * 3
+            for i in 0..<flood { try await guest.write("/local/domain/9/device/vbd/768/state/f\(i % 64)", "\(i)") }
+            // Every flood event has reached the client once this answer has (one connection, in order).
+            _ = try await backend.read("/local/domain/9/device/vbd/768/state")
+            try await backend.unwatch("/local/domain/9/device/vbd/768/state", token: token)
+            var held: [String] = []
+            for await event in events { held.append(event.path) }
+            #expect(held.count <= XenStoreClient.maximumBufferedWatchEvents, "held \(held.count) of \(flood + 1) events")
+            #expect(held.contains("/local/domain/9/device/vbd/768/state"), "the overflow is reported as a change of the watched node")
+            #expect(held.suffix(2).contains("/local/domain/9/device/vbd/768/state/f\((flood - 1) % 64)"), "the newest event is kept")
+            await backend.close(); await guest.close()
         }
     }
 }

@@ -44,4 +44,7 @@ int CXenShims_stream_socketpair(int fds[2]);
 int CXenShims_pidfd_open(int pid);
 /// O_DIRECT, which the C library only defines under _GNU_SOURCE.
 int CXenShims_O_DIRECT(void);
+/// Bytes the C heap has handed out and not had back (mallinfo2's uordblks):
+/// tests bound a component's memory with it.
+size_t CXenShims_heap_in_use(void);
 #endif
