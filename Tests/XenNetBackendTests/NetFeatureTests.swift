@@ -103,7 +103,7 @@ func awaitCarrier(_ lab: NetworkLab, _ name: String, _ on: Bool) async throws ->
             let queue = front.queues[0]
             let taken = try await offThePool { () throws -> Int in
                 var n = 0
-                while let f = try queue.receive(timeoutMilliseconds: 2000) {
+                while let f = try queue.receive(timeoutMilliseconds: 10_000) {  // generous: the host may be loaded
                     if let p = sourcePort(f.bytes), (30_000..<30_300).contains(p) { n += 1 }
                     if n == 300 { break }
                 }

@@ -328,6 +328,51 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
         await host.shutdown()
     }
 
+    /// The host deletes the bridge under traffic (the VIF's TAP stays): the
+    /// guest's frames are still answered (the host drops them, as it would
+    /// for Linux's netback), the VIF is not disabled and its queue does not
+    /// stop; once the bridge is back with the VIF on it (what the hotplug
+    /// script does) traffic flows again without the guest reconnecting.
+    @Test func bridgeDeletedUnderTraffic() async throws {
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        let host = try await SimNetHost()
+        let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge)
+        let (device, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
+        let front = try await host.connect(nic)
+        let queue = front.queues[0]
+        #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 2) } == 2)
+
+        let pinging = Task { try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 20, timeoutMilliseconds: 200) } }
+        let (status, output) = lab.inHost("ip link del \(lab.bridge)")
+        #expect(status == 0, "\(output)")
+        _ = try await pinging.value
+        let sentBefore = device.statistics.txPackets
+        for i in 0..<50 {
+            let (slots, _) = fragmentedFrame(queue, lab: lab, peer: Frames.broadcast, firstBytes: 60 + i, fragments: 0, firstID: 90)
+            // (The first answers may include the ping's last ones.)
+            let got = try await answers(queue, slots).map(\.status)
+            #expect(!got.isEmpty && got.allSatisfy { $0 == NetStatus.okay }, "frame \(i) answered while the bridge is gone: \(got)")
+        }
+        #expect(device.statistics.txPackets == sentBefore + 50)
+        #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 1, timeoutMilliseconds: 300) } == 0,
+                "no way to the peer without the bridge")
+        #expect(device.disabledReason == nil)
+        #expect(device.runningWorkerThreads > 0, "the queue goes on")
+
+        let (back, backOutput) = lab.inHost("""
+            ip link add \(lab.bridge) type bridge && ip link set \(lab.bridge) type bridge forward_delay 0 stp_state 0 && \
+            ip link set \(lab.bridge) up && ip link set \(lab.hostVeth) master \(lab.bridge) && ip link set vif7.0 master \(lab.bridge)
+            """)
+        #expect(back == 0, "\(backOutput)")
+        #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 3) } == 3,
+                "traffic flows again on the same connection")
+        #expect(try await front.close())
+        try await nic.setOffline(xenstore: host.backendStore)
+        try await task.value
+        await host.shutdown()
+    }
+
     /// XSA-332: a storm of notifications is absorbed; the VIF still works.
     @Test func eventStormIsAbsorbed() async throws {
         try await withVIF { _, lab, device, front in
