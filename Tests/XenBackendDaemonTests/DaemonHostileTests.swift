@@ -222,6 +222,34 @@ import XenStoreProtocol
         try await rig.shutdown()
     }
 
+    /// XSA-39 and XSA-332 across guests: the hostile guest lies about its
+    /// producer index on one ring and storms notifications on the other; the
+    /// bystander guest's disk is served in full throughout, the lying ring
+    /// halts, the storming one still answers, and the daemon keeps both devices.
+    @Test func xsa39_332_aLyingAndStormingGuestLeavesOthersServed() async throws {
+        let rig = try await Rig()
+        try await rig.host.frontendStore.write(rig.hostileDisk.frontendPath + "/state", "\(XenbusState.initialising.rawValue)")
+        let front = try await BlockFrontend<BlockRingX86_64>.connect(
+            domain: rig.host.guest, xenstore: rig.host.frontendStore, frontendPath: rig.hostileDisk.frontendPath, frames: 0..<512,
+            options: BlockFrontendOptions(queues: 2, slotsPerQueue: 8, segmentsPerRequest: 8))
+        let (lying, storming) = (front.queues[0], front.queues[1])
+        let ring = rig.host.guest.page(lying.ringFrames[0])
+        ring.storeBytes(of: UInt32(1000), as: UInt32.self)  // req_prod 1000 ahead: RING_REQUEST_PROD_OVERFLOW
+        try lying.kick()
+        async let storm: Void = offThePool { for _ in 0..<100_000 { try storming.kick() } }
+        let served = try await offThePool { try rig.bystanderServes(rounds: 40, seed: 5) }
+        try await storm
+        #expect(served, "the bystander's 40 writes read back through the ring and the file")
+        let block = [UInt8](repeating: 0xC3, count: 4096)
+        #expect(try storming.write(sector: 24, block) == .okay && storming.read(sector: 24, byteCount: 4096) == (.okay, block),
+                "the storming ring still answers")
+        #expect(rig.daemon.blockDevices.count == 2)
+        #expect(rig.daemon.blockDevices["5/\(rig.hostileDisk.devid)"]?.statistics.ringsHalted == 1, "the lying ring, and only it, halted")
+        ring.storeBytes(of: UInt32(0), as: UInt32.self)  // sane again for close (the backend already halted that ring)
+        #expect(try await front.close())
+        try await rig.shutdown()
+    }
+
     /// A frontend that fills its ring and then stops consuming answers (and
     /// kicks instead): the backend answers each request exactly once, keeps
     /// nothing else in flight, serves the bystander meanwhile, and the

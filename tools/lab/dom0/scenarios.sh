@@ -89,7 +89,7 @@ C
   domid=$(timeout 10 xl domid $name 2>/dev/null)
   t "xl-create-$be-returned domid=$domid"
   console=/var/log/xen/console/guest-$name.log
-  pinged=0; detached=0; faulted=0; healed=0; miss=0; i=0; shown=0; dshown=0
+  pinged=0; detached=0; faulted=0; healed=0; flaked=0; unflaked=0; miss=0; i=0; shown=0; dshown=0
   deadline=300; [ $MODE = full ] && deadline=1200
   # Until the guest is gone (its xenstore name vanishes, 3 misses in a row), act on its
   # markers and relay its console and the daemon's log as they grow.
@@ -132,6 +132,15 @@ C
     if [ $be = faults ] && [ $healed = 0 ] && grep -q 'LAB-T .* heal-now' $console 2>/dev/null; then
       healed=1; dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors linear $floop 0" && dmsetup resume labfault ||
         check dm-linear-loaded FAIL "dmsetup could not load the linear target again"
+    fi
+    # dm-flakey: up 1 s, down 1 s (every I/O fails while down), then linear again.
+    if [ $be = faults ] && [ $flaked = 0 ] && grep -q 'LAB-T .* flakey-now' $console 2>/dev/null; then
+      flaked=1; { modprobe dm-flakey && dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors flakey $floop 0 1 1" &&
+        dmsetup resume labfault; } || check dm-flakey-loaded FAIL "dmsetup could not load the flakey target"
+    fi
+    if [ $be = faults ] && [ $unflaked = 0 ] && grep -q 'LAB-T .* flakey-heal' $console 2>/dev/null; then
+      unflaked=1; dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors linear $floop 0" && dmsetup resume labfault ||
+        check dm-linear-after-flakey FAIL "dmsetup could not load the linear target again"
     fi
     if [ $detached = 0 ] && grep -q 'LAB-T .* wait-detach' $console 2>/dev/null; then
       detached=1
