@@ -46,6 +46,16 @@ final class SimProcesses {
     /// A new xenbackd (after the old one died).
     func restartDaemon(_ arguments: [String] = []) throws { (daemon, daemonReadyLine) = try Self.startDaemon(xenbackd, simSocket, arguments) }
 
+    /// A guest domain whose disk on `disk` the daemon serves, soaking it with
+    /// verified writes and flushes (`xenback front blk --soak`) as a process.
+    func soakingGuest(domain: UInt16, disk: TempDisk, xenstore: XenStoreClient) async throws -> (Child, LineReader) {
+        _ = try toolstack.createDomain(DomainID(domain), pages: 2048, grantEntries: 8192)
+        let attached = try await ToolstackDisk.create(xenstore: xenstore, frontend: DomainID(domain), target: disk.path)
+        _ = try await awaitXenbusState(xenstore, attached.backendPath, "xenbackd probing") { $0 == .initWait }
+        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "\(domain)", "--soak", "120", "--iodepth", "8"])
+        return (guest, LineReader(guest))
+    }
+
     /// Stops the daemon with SIGTERM; its exit status.
     func stopDaemon() -> Int32 {
         daemon.signal(SIGTERM)
@@ -248,14 +258,8 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
     /// region whose writes and flush had been acknowledged reads back intact.
     @Test func killedDaemonRestartsAndNoFlushedWriteIsLost() async throws {
         let host = try await SimProcesses()
-        let (xenback, simSocket, dom0) = (host.xenback, host.simSocket, host.dom0)
-        _ = try host.toolstack.createDomain(DomainID(4), pages: 2048, grantEntries: 8192)
         let file = TempDisk(megabytes: 64)
-        let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(4), target: file.path)
-        _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing") { $0 == .initWait }
-
-        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "4", "--soak", "120", "--iodepth", "8"])
-        let output = LineReader(guest)
+        let (guest, output) = try await host.soakingGuest(domain: 4, disk: file, xenstore: host.dom0)
         func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
         // Two passes done (regions committed), then the daemon dies mid-run.
         #expect(try await until("progress"))
@@ -287,14 +291,9 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
         let host = try await SimProcesses()
         let (xenback, simSocket) = (host.xenback, host.simSocket)
         let dom0 = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(.socket(path: host.xsSocket)))
-        _ = try host.toolstack.createDomain(DomainID(4), pages: 2048, grantEntries: 8192)
         _ = try host.toolstack.createDomain(DomainID(5), pages: 2048, grantEntries: 8192)
         let soaked = TempDisk(megabytes: 64), attachedLater = TempDisk(megabytes: 32)
-        let disk = try await ToolstackDisk.create(xenstore: dom0, frontend: DomainID(4), target: soaked.path)
-        _ = try await awaitXenbusState(dom0, disk.backendPath, "xenbackd probing") { $0 == .initWait }
-
-        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "4", "--soak", "120", "--iodepth", "8"])
-        let output = LineReader(guest)
+        let (guest, output) = try await host.soakingGuest(domain: 4, disk: soaked, xenstore: dom0)
         func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
         #expect(try await until("progress"))
 

@@ -334,12 +334,7 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
     /// stop; once the bridge is back with the VIF on it (what the hotplug
     /// script does) traffic flows again without the guest reconnecting.
     @Test func bridgeDeletedUnderTraffic() async throws {
-        let lab = try NetworkLab()
-        defer { lab.destroy() }
-        let host = try await SimNetHost()
-        let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge)
-        let (device, task) = host.startBackend(nic, configuration: NetBackendConfiguration(maximumQueues: 1, namespace: lab.namespace))
-        let front = try await host.connect(nic)
+      try await withVIF(configuration: NetBackendConfiguration(maximumQueues: 1)) { _, lab, device, front in
         let queue = front.queues[0]
         #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 2) } == 2)
 
@@ -367,10 +362,7 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
         #expect(back == 0, "\(backOutput)")
         #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 3) } == 3,
                 "traffic flows again on the same connection")
-        #expect(try await front.close())
-        try await nic.setOffline(xenstore: host.backendStore)
-        try await task.value
-        await host.shutdown()
+      }
     }
 
     /// XSA-332: a storm of notifications is absorbed; the VIF still works.

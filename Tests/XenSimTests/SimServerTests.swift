@@ -68,42 +68,47 @@ func exerciseGuestAndBackend(simSocket: String, xenstoreSocket: String) async th
 @Suite struct SimServerTests {
     func socketPath(_ tag: String) -> String { "/tmp/xenback-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock" }
 
-    @Test func clientsShareTheHypervisorThroughTheSocket() async throws {
+    /// A sim server and its xenstored on fresh sockets for `body`, stopped after.
+    func withSimServer(_ body: (SimServer, _ simPath: String, _ xsPath: String) async throws -> Void) async throws {
         let xsPath = socketPath("xs"), simPath = socketPath("sim")
         let xenstore = XenStoreServer(socketPath: xsPath)
         try await xenstore.start()
         let server = try SimServer(socketPath: simPath, xenstore: xenstore)
         server.start()
-        try await exerciseGuestAndBackend(simSocket: simPath, xenstoreSocket: xsPath)
+        do { try await body(server, simPath, xsPath) } catch {
+            server.stop(); try await xenstore.stop()
+            throw error
+        }
         server.stop()
         try await xenstore.stop()
+    }
+
+    @Test func clientsShareTheHypervisorThroughTheSocket() async throws {
+        try await withSimServer { _, simPath, xsPath in
+            try await exerciseGuestAndBackend(simSocket: simPath, xenstoreSocket: xsPath)
+        }
     }
 
     /// Two processes acting for one guest (a blkfront and a netfront, say)
     /// each keep their own free list over the shared grant table: an entry
     /// is claimed in the table itself, so they never hand out the same ref.
     @Test func twoAttachmentsOfAGuestNeverShareARef() async throws {
-        let xsPath = socketPath("xs"), simPath = socketPath("sim")
-        let xenstore = XenStoreServer(socketPath: xsPath)
-        try await xenstore.start()
-        let server = try SimServer(socketPath: simPath, xenstore: xenstore)
-        server.start()
-        let toolstack = try SimClient(socketPath: simPath)
-        _ = try toolstack.createDomain(DomainID(6), pages: 64, grantEntries: 128)
-        let one = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
-        let two = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
-        var refs: [UInt32] = []
-        for i in 0..<50 {
-            refs.append(try one.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: false).rawValue)
-            refs.append(try two.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: true).rawValue)
+        try await withSimServer { _, simPath, _ in
+            let toolstack = try SimClient(socketPath: simPath)
+            _ = try toolstack.createDomain(DomainID(6), pages: 64, grantEntries: 128)
+            let one = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
+            let two = try SimClient(socketPath: simPath).attachDomain(DomainID(6))
+            var refs: [UInt32] = []
+            for i in 0..<50 {
+                refs.append(try one.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: false).rawValue)
+                refs.append(try two.grantAccess(to: .dom0, frame: UInt32(i % 64), readOnly: true).rawValue)
+            }
+            #expect(Set(refs).count == 100, "every ref handed out once")
+            // A ref one side revoked may be taken by the other, and only by one.
+            #expect(one.endForeignAccess(GrantRef(refs[0])))
+            let again = try two.grantAccess(to: .dom0, frame: 1, readOnly: false)
+            #expect(!refs.dropFirst().contains(again.rawValue))
         }
-        #expect(Set(refs).count == 100, "every ref handed out once")
-        // A ref one side revoked may be taken by the other, and only by one.
-        #expect(one.endForeignAccess(GrantRef(refs[0])))
-        let again = try two.grantAccess(to: .dom0, frame: 1, readOnly: false)
-        #expect(!refs.dropFirst().contains(again.rawValue))
-        server.stop()
-        try await xenstore.stop()
     }
 
     /// A backend process that dies holding grants (kill -9 of xenbackd)
@@ -112,51 +117,46 @@ func exerciseGuestAndBackend(simSocket: String, xenstoreSocket: String) async th
     /// busy bits another backend's pins still need. A frontend that gave up
     /// on those grants meanwhile gets the refs back when it runs short.
     @Test func aDeadBackendsGrantsAreReleased() async throws {
-        let xsPath = socketPath("xs"), simPath = socketPath("sim")
-        let xenstore = XenStoreServer(socketPath: xsPath)
-        try await xenstore.start()
-        let server = try SimServer(socketPath: simPath, xenstore: xenstore)
-        server.start()
-        let (closed, closedSignal) = AsyncStream<Void>.makeStream()
-        server.connectionClosed.withLock { $0 = { closedSignal.yield() } }
-        var closedEvents = closed.makeAsyncIterator()
+        try await withSimServer { server, simPath, _ in
+            let (closed, closedSignal) = AsyncStream<Void>.makeStream()
+            server.connectionClosed.withLock { $0 = { closedSignal.yield() } }
+            var closedEvents = closed.makeAsyncIterator()
 
-        // 12 entries: refs 8...11 are all the guest has.
-        let toolstack = try SimClient(socketPath: simPath)
-        let guest = try toolstack.createDomain(DomainID(7), pages: 8, grantEntries: 12)
-        let refs = try (0..<4).map { try guest.grantAccess(to: .dom0, frame: UInt32($0), readOnly: $0 == 3) }
-        #expect(throws: SimError.grantTableFull(7)) { try guest.grantAccess(to: .dom0, frame: 4, readOnly: false) }
+            // 12 entries: refs 8...11 are all the guest has.
+            let toolstack = try SimClient(socketPath: simPath)
+            let guest = try toolstack.createDomain(DomainID(7), pages: 8, grantEntries: 12)
+            let refs = try (0..<4).map { try guest.grantAccess(to: .dom0, frame: UInt32($0), readOnly: $0 == 3) }
+            #expect(throws: SimError.grantTableFull(7)) { try guest.grantAccess(to: .dom0, frame: 4, readOnly: false) }
 
-        let doomed = try SimClient(socketPath: simPath)
-        let survivor = try SimClient(socketPath: simPath)
-        let doomedGrants = doomed.platform(backend: .dom0).grants
-        let survivorGrants = survivor.platform(backend: .dom0).grants
-        _ = try doomedGrants.map(refs[0...2].map { $0 }, of: DomainID(7), writable: true)
-        _ = try doomedGrants.map([refs[3]], of: DomainID(7), writable: false)
-        let kept = try survivorGrants.map([refs[1]], of: DomainID(7), writable: false)
+            let doomed = try SimClient(socketPath: simPath)
+            let survivor = try SimClient(socketPath: simPath)
+            let doomedGrants = doomed.platform(backend: .dom0).grants
+            let survivorGrants = survivor.platform(backend: .dom0).grants
+            _ = try doomedGrants.map(refs[0...2].map { $0 }, of: DomainID(7), writable: true)
+            _ = try doomedGrants.map([refs[3]], of: DomainID(7), writable: false)
+            let kept = try survivorGrants.map([refs[1]], of: DomainID(7), writable: false)
 
-        // The guest gives up on all four; none can be revoked yet.
-        for ref in refs { #expect(!guest.endForeignAccessOrDefer(ref)) }
-        #expect(guest.deferredRevocations == 4)
+            // The guest gives up on all four; none can be revoked yet.
+            for ref in refs { #expect(!guest.endForeignAccessOrDefer(ref)) }
+            #expect(guest.deferredRevocations == 4)
 
-        // The doomed backend's connection goes (its process died).
-        shutdown(doomed.socket, Int32(SHUT_RDWR))
-        await closedEvents.next()
-        // refs 0, 2, 3 are free again: the guest's next grants take them.
-        var regained = try (0..<3).map { _ in try guest.grantAccess(to: .dom0, frame: 5, readOnly: false).rawValue }
-        #expect(Set(regained) == Set([refs[0], refs[2], refs[3]].map(\.rawValue)))
-        #expect(guest.deferredRevocations == 1, "ref 1 is still mapped by the other backend")
-        #expect(throws: SimError.grantTableFull(7)) { try guest.grantAccess(to: .dom0, frame: 5, readOnly: false) }
-        // Writing was dropped with the dead pins, reading is the survivor's.
-        let flags = guest.flags(refs[1].rawValue).pointee.load(ordering: .relaxed)
-        #expect(flags & GrantFlags.reading != 0 && flags & GrantFlags.writing == 0)
+            // The doomed backend's connection goes (its process died).
+            shutdown(doomed.socket, Int32(SHUT_RDWR))
+            await closedEvents.next()
+            // refs 0, 2, 3 are free again: the guest's next grants take them.
+            var regained = try (0..<3).map { _ in try guest.grantAccess(to: .dom0, frame: 5, readOnly: false).rawValue }
+            #expect(Set(regained) == Set([refs[0], refs[2], refs[3]].map(\.rawValue)))
+            #expect(guest.deferredRevocations == 1, "ref 1 is still mapped by the other backend")
+            #expect(throws: SimError.grantTableFull(7)) { try guest.grantAccess(to: .dom0, frame: 5, readOnly: false) }
+            // Writing was dropped with the dead pins, reading is the survivor's.
+            let flags = guest.flags(refs[1].rawValue).pointee.load(ordering: .relaxed)
+            #expect(flags & GrantFlags.reading != 0 && flags & GrantFlags.writing == 0)
 
-        try survivorGrants.unmap(kept)
-        regained.append(try guest.grantAccess(to: .dom0, frame: 5, readOnly: false).rawValue)
-        #expect(regained.last == refs[1].rawValue)
-        withExtendedLifetime((toolstack, survivor)) {}
-        server.stop()
-        try await xenstore.stop()
+            try survivorGrants.unmap(kept)
+            regained.append(try guest.grantAccess(to: .dom0, frame: 5, readOnly: false).rawValue)
+            #expect(regained.last == refs[1].rawValue)
+            withExtendedLifetime((toolstack, survivor)) {}
+        }
     }
 
     /// `xenback sim serve` in its own process; this process is its client.
