@@ -392,7 +392,9 @@ final class ClientCore: @unchecked Sendable {
     func send(_ message: XenStoreMessage, promise: EventLoopPromise<XenStoreMessage>) {
         let target = state.withLock { s -> Result<(Channel?, XenStoreMessage), XenStoreClientError> in
             guard !s.closedForGood else { return .failure(.connectionClosed) }
-            if message.transactionID != 0 && !s.liveTransactions.contains(message.transactionID) {
+            // A transaction of an earlier connection died with it (a plain client
+            // has one connection and leaves the answer to xenstored).
+            if reconnection != nil && message.transactionID != 0 && !s.liveTransactions.contains(message.transactionID) {
                 return .failure(.failed(.tryAgain, operation: message.type, path: ""))
             }
             var m = message
