@@ -147,8 +147,15 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             feed.finish()
         }
         feed.finish()
-        try? await xenstore.unwatch(backendRoot, token: blockWatch.token)
-        try? await xenstore.unwatch(netRoot, token: netWatch.token)
+        // In a task cancelled from the start: a reconnecting client still
+        // answers these while connected, but gives up if xenstored is away
+        // (the device tasks stopAll cancels behave the same way).
+        let unwatching = Task { [xenstore, backendRoot, netRoot] in
+            try? await xenstore.unwatch(backendRoot, token: blockWatch.token)
+            try? await xenstore.unwatch(netRoot, token: netWatch.token)
+        }
+        unwatching.cancel()
+        await unwatching.value
         await stopAll()
         logger.info("stopped")
     }

@@ -196,8 +196,16 @@ public final class XenStoreClient: Sendable {
     public func request(_ type: XenStoreMessageType, payload: [UInt8], transaction: UInt32 = 0,
                         path: String = "") async throws -> XenStoreMessage {
         let promise = core.loop.makePromise(of: XenStoreMessage.self)
-        core.send(XenStoreMessage(type: type, requestID: 0, transactionID: transaction, payload: payload), promise: promise)
-        let reply = try await promise.futureResult.get()
+        let id = core.send(XenStoreMessage(type: type, requestID: 0, transactionID: transaction, payload: payload), promise: promise)
+        // Cancelled while xenstored is away (SIGTERM during an outage), a
+        // request gives up instead of waiting for a connection that may never
+        // come; while connected it still waits for its answer, so a device's
+        // last writes on the way down are made.
+        let reply = try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: { [core] in
+            if let id { core.cancelled(id) }
+        }
         if reply.type == .error {
             let name = reply.strings.first ?? ""
             if let code = XenStoreErrorCode(rawValue: name) { throw XenStoreClientError.failed(code, operation: type, path: path) }
@@ -294,6 +302,12 @@ public final class XenStoreClient: Sendable {
     }
 
     public func unwatch(_ path: String, token: String) async throws {
+        // Disconnected, there is no watch on xenstored's side to remove, and
+        // once unregistered it will not be registered again.
+        if core.reconnection != nil && core.state.withLock({ $0.channel == nil }) {
+            core.unregister(token)
+            return
+        }
         _ = try await call(.unwatch, [path, token], transaction: 0)
         core.unregister(token)
     }
@@ -351,6 +365,8 @@ final class ClientCore: @unchecked Sendable {
     struct Pending {
         var message: XenStoreMessage
         var promise: EventLoopPromise<XenStoreMessage>?
+        /// Its task was cancelled while connected: not sent again after a drop.
+        var cancelled = false
     }
     struct State {
         var channel: Channel?
@@ -388,14 +404,19 @@ final class ClientCore: @unchecked Sendable {
         channel.writeAndFlush(buffer, promise: nil)
     }
 
-    /// Sends now, or once connected again; fails only once closed for good.
-    func send(_ message: XenStoreMessage, promise: EventLoopPromise<XenStoreMessage>) {
-        let target = state.withLock { s -> Result<(Channel?, XenStoreMessage), XenStoreClientError> in
-            guard !s.closedForGood else { return .failure(.connectionClosed) }
+    /// Sends now, or once connected again; fails only once closed for good
+    /// (or at once when cancelled while disconnected). Returns the request
+    /// id while it is pending.
+    @discardableResult
+    func send(_ message: XenStoreMessage, promise: EventLoopPromise<XenStoreMessage>) -> UInt32? {
+        let cancelled = Task.isCancelled
+        let target = state.withLock { s -> Result<(Channel?, XenStoreMessage), any Error> in
+            guard !s.closedForGood else { return .failure(XenStoreClientError.connectionClosed) }
+            if cancelled && s.channel == nil { return .failure(CancellationError()) }
             // A transaction of an earlier connection died with it (a plain client
             // has one connection and leaves the answer to xenstored).
             if reconnection != nil && message.transactionID != 0 && !s.liveTransactions.contains(message.transactionID) {
-                return .failure(.failed(.tryAgain, operation: message.type, path: ""))
+                return .failure(XenStoreClientError.failed(.tryAgain, operation: message.type, path: ""))
             }
             var m = message
             m.requestID = s.takeRequestID()
@@ -403,9 +424,24 @@ final class ClientCore: @unchecked Sendable {
             return .success((s.channel, m))
         }
         switch target {
-        case .failure(let error): promise.fail(error)
-        case .success(let (channel, m)): if let channel { Self.write(m, on: channel) }
+        case .failure(let error):
+            promise.fail(error)
+            return nil
+        case .success(let (channel, m)):
+            if let channel { Self.write(m, on: channel) }
+            return m.requestID
         }
+    }
+
+    /// The task waiting for request `id` was cancelled: give up now if
+    /// disconnected, else mark it so that a drop does not send it again.
+    func cancelled(_ id: UInt32) {
+        let abandoned = state.withLock { s -> Pending? in
+            if s.channel == nil { return s.pending.removeValue(forKey: id) }
+            s.pending[id]?.cancelled = true
+            return nil
+        }
+        abandoned?.promise?.fail(CancellationError())
     }
 
     func register(_ path: String, _ events: AsyncStream<XenStoreWatchEvent>.Continuation) throws -> String {
@@ -456,8 +492,11 @@ final class ClientCore: @unchecked Sendable {
                 defer { s.pending = [:]; s.watchers = [:] }
                 return .end(Array(s.pending.values), s.watchers.values.map(\.events))
             }
-            // What belonged to a transaction died with the connection.
-            let doomed = s.pending.filter { $0.value.message.transactionID != 0 || $0.value.message.type == .transactionEnd }
+            // What belonged to a transaction died with the connection; what
+            // its caller gave up on is not asked again.
+            let doomed = s.pending.filter {
+                $0.value.message.transactionID != 0 || $0.value.message.type == .transactionEnd || $0.value.cancelled
+            }
             for id in doomed.keys { s.pending[id] = nil }
             return .reconnect(Array(doomed.values))
         }
@@ -467,7 +506,9 @@ final class ClientCore: @unchecked Sendable {
             for p in pending { p.promise?.fail(XenStoreClientError.connectionClosed) }
             for w in watchers { w.finish() }
         case .reconnect(let doomed):
-            for p in doomed { p.promise?.fail(XenStoreClientError.failed(.tryAgain, operation: p.message.type, path: "")) }
+            for p in doomed {
+                p.promise?.fail(p.cancelled ? CancellationError() : XenStoreClientError.failed(.tryAgain, operation: p.message.type, path: ""))
+            }
             reconnection?.logger.warning("xenstore connection lost; reconnecting")
             Task { await reconnect() }
         }

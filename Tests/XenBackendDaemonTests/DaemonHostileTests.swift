@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CXenShims
 import Logging
+import ServiceLifecycle
 import Testing
 import XenBackendDaemon
 import XenBlockBackend
@@ -275,5 +276,41 @@ import XenStoreProtocol
         #expect(try q.write(sector: 0, [UInt8](repeating: 1, count: 4096)) == .okay, "the ring works on")
         #expect(try await front.close())
         try await rig.shutdown()
+    }
+}
+
+/// xenstored gone and not coming back while xenbackd is told to stop: the
+/// daemon must still stop (its xenstore requests give up once cancelled,
+/// its unwatches are local) instead of waiting for a connection for ever.
+@Suite struct DaemonOutageTests {
+    @Test func gracefulShutdownDuringAXenstoredOutage() async throws {
+        var logger: Logger?
+        if getenv("XENBACK_TEST_LOG") != nil { logger = Logger(label: "xenback.test"); logger?.logLevel = .debug }
+        let host = try await SimBlockHost(guestID: DomainID(5), guestPages: 1024, grantEntries: 4096, logger: logger)
+        let store = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(.socket(path: host.socketPath), logger: host.logger))
+        let daemon = BackendDaemon(platform: host.hypervisor.platform(for: .dom0), xenstore: store, metricsInterval: .seconds(3600),
+                                   logger: host.logger)
+        let (ready, readySignal) = AsyncStream<Void>.makeStream()
+        daemon.onReady = { readySignal.yield() }
+        let group = ServiceGroup(configuration: .init(services: [.init(service: daemon)], logger: host.logger))
+        let running = Task { try await group.run() }
+        var readyEvents = ready.makeAsyncIterator()
+        await readyEvents.next()
+        let file = TempDisk(megabytes: 8)
+        let disk = try await host.attachDisk(target: file.path)
+        let front = try await host.connect(disk, BlockRingX86_64.self, options: BlockFrontendOptions(queues: 1, slotsPerQueue: 8, segmentsPerRequest: 8),
+                                           frames: 0..<512)
+        let block = [UInt8](repeating: 0x7E, count: 4096)
+        #expect(try front.queues[0].write(sector: 0, block) == .okay)
+
+        try await host.server.stop()  // xenstored is gone
+        #expect(try front.queues[0].read(sector: 0, byteCount: 4096) == (.okay, block), "rings need no xenstore")
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(host.hypervisor.mappingCount == 0, "the device let go of the guest's pages")
+        await store.close()
+        await host.frontendStore.close()
+        await host.backendStore.close()
+        unlink(host.socketPath)
     }
 }

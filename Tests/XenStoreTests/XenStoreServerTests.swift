@@ -238,6 +238,31 @@ func readLine(from pipe: UnsafeMutablePointer<FILE>) -> String? {
     }
 }
 
+extension XenStoreReconnectionTests {
+    /// xenstored gone for good: a request waits for it, and gives up when
+    /// its task is cancelled (a daemon told to stop during the outage must
+    /// be able to), whether the client had noticed the loss yet or not.
+    @Test func aCancelledRequestGivesUpWhileXenstoredIsAway() async throws {
+        let path = "/tmp/xenback-xs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let server = XenStoreServer(socketPath: path)
+        try await server.start()
+        let client = try await XenStoreClient.connect(reconnecting: XenStoreReconnection(.socket(path: path)))
+        try await client.write("/outage", "1")
+        try await server.stop()
+        unlink(path)
+        let waiting = Task { try await client.read("/outage") }
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        // A task already cancelled when it asks.
+        let cancelledFirst = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await client.write("/outage", "2")
+        }
+        await #expect(throws: CancellationError.self) { try await cancelledFirst.value }
+        await client.close()
+    }
+}
+
 /// XSA-349 on our side: a watch whose reader has stopped cannot grow
 /// without bound, and overflowing it still says "re-read everything".
 @Suite struct XenStoreWatchBoundTests {
