@@ -138,7 +138,8 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
 
     /// A sparse image on a full file system: writes that need new blocks get
     /// BLKIF_RSP_ERROR (ENOSPC), each for that request only; reads, writes to
-    /// blocks that exist and flushes go on.
+    /// blocks that exist and flushes go on; once there is room again the
+    /// same device takes every write.
     @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"))
     func fullFileSystemFailsOnlyTheWritesThatNeedSpace() async throws {
         var template = Array("/tmp/xenback-full-XXXXXX".utf8CString)
@@ -154,18 +155,29 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
         close(fd)
         try await withServedDisk(path) { front, device in
             let q = front.queues[0]
-            var refused = 0
+            var refused: [Int] = []
             for i in 0..<64 {
                 // 64 × 16 KiB into the hole: the file system has room for about 12 of them.
-                if try q.write(sector: 1024 + UInt64(i) * 32, pattern(16384, seed: i)) == .error { refused += 1 }
+                if try q.write(sector: 1024 + UInt64(i) * 32, pattern(16384, seed: i)) == .error { refused.append(i) }
             }
-            #expect(refused > 0, "ENOSPC surfaced as errors")
-            #expect(refused < 64, "until the space ran out writes succeeded")
+            #expect(refused.count > 0, "ENOSPC surfaced as errors")
+            #expect(refused.count < 64, "until the space ran out writes succeeded")
             #expect(try q.write(sector: 0, pattern(4096, seed: 9)) == .okay, "writing blocks that exist still works")
             let (status, data) = try q.read(sector: 0, byteCount: 4096)
             #expect(status == .okay && data == pattern(4096, seed: 9))
             #expect(try q.flush() == .okay)
-            #expect(device.statistics.errors == UInt64(refused))
+            #expect(device.statistics.errors == UInt64(refused.count))
+            // The fault clears (the file system grows): the refused writes now
+            // succeed, and every block written reads back.
+            try run("mount -o remount,size=16m \(dir)")
+            for i in refused {
+                #expect(try q.write(sector: 1024 + UInt64(i) * 32, pattern(16384, seed: i)) == .okay, "write \(i) after the space came back")
+            }
+            #expect(try q.flush() == .okay)
+            for i in 0..<64 {
+                let (status, back) = try q.read(sector: 1024 + UInt64(i) * 32, byteCount: 16384)
+                #expect(status == .okay && back == pattern(16384, seed: i), "block \(i)")
+            }
         }
     }
 }
