@@ -70,7 +70,7 @@ let package = Package(
             "XenBlockBackend", "XenBlockFrontend", "XenSim", "XenStore", "XenPlatform", "XenRing", "XenBlockProtocol",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "XenProcess"),
+        .target(name: "XenProcess", dependencies: ["CXenShims"]),
         // The daemon's logic (device discovery, lifecycle), testable in-process.
         .target(name: "XenBackendDaemon", dependencies: [
             "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenStore", "XenStoreProtocol",
@@ -80,7 +80,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "xenbackd", dependencies: [
-            "XenBackendDaemon", "XenBlockBackend", "XenNetBackend", "XenHost", "XenSim", "XenStore", "XenPlatform",
+            "XenBackendDaemon", "XenBlockBackend", "XenNetBackend", "XenHost", "XenSim", "XenStore", "XenPlatform", "XenProcess",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -144,7 +144,7 @@ let package = Package(
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenRing", "XenProtocolTesting"]),
         .testTarget(name: "XenBlockBackendTests", dependencies: ["XenBlockBackend", "XenBlockFrontend", "XenBlockTestbed", "XenFuzzing", "XenStore", "XenProtocolTesting", "XenBlockProtocol", "XenRing", "XenPlatform", "XenSim", "CXenShims"]),
         .testTarget(name: "XenBackendDaemonTests", dependencies: ["XenBackendDaemon", "XenProcess", "XenBlockFrontend", "XenBlockTestbed", "XenBlockProtocol", "XenBlockBackend", "XenBusDriver", "XenStoreProtocol", "CXenShims", .product(name: "Logging", package: "swift-log"), .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"), "XenNetFrontend", "XenNetTestbed", "XenSim", "XenStore", "XenPlatform", "XenProtocolTesting"]),
-        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol", "XenBusDriver", "XenProtocolTesting", "CXenNet"]),
+        .testTarget(name: "XenNetBackendTests", dependencies: ["XenNetBackend", "XenFuzzing", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenRing", "XenPlatform", "XenSim", "XenStore", "XenStoreProtocol", "XenBusDriver", "XenProtocolTesting", "XenProcess", "CXenNet"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenFuzzing", "XenProtocolTesting"]),

@@ -104,4 +104,6 @@ int CXenShims_O_DIRECT(void) { return O_DIRECT; }
 #include <sys/syscall.h>
 int CXenShims_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
+int CXenShims_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
 size_t CXenShims_heap_in_use(void) { return mallinfo2().uordblks; }

@@ -58,7 +58,10 @@ public final class NetworkLab: Sendable {
     /// `softwareOffloads`: the veth on the bridge segments and checksums in
     /// software, so the peer sees real wire frames.
     public init(subnet: UInt8 = 77, softwareOffloads: Bool = true) throws {
-        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        NetworkLab.removeLabsOfDeadProcesses()
+        // The creator's pid in the name lets a later lab tell a leftover
+        // (its creator was killed before `destroy`) from one in use.
+        let tag = "\(getpid())-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
         hostNamespace = "xbh-" + tag
         peerNamespace = "xbp-" + tag
         peerIP = [10, subnet, 0, 1]
@@ -87,6 +90,21 @@ public final class NetworkLab: Sendable {
             _ = NetworkLab.sh("ip netns del \(hostNamespace) 2>/dev/null; ip netns del \(peerNamespace) 2>/dev/null")
             throw NetworkSetupError("setting up namespaces: \(output)", errno: EIO)
         }
+    }
+
+    /// Deletes the namespaces of labs whose creating process is gone.
+    static func removeLabsOfDeadProcesses() {
+        guard let directory = opendir("/var/run/netns") else { return }
+        defer { closedir(directory) }
+        var stale: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix("xbh-") || name.hasPrefix("xbp-") else { continue }
+            let fields = name.dropFirst(4).split(separator: "-")
+            guard fields.count == 2, let pid = pid_t(fields[0]), pid > 0 else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { stale.append(name) }
+        }
+        if !stale.isEmpty { _ = sh(stale.map { "ip netns del \($0) 2>/dev/null" }.joined(separator: "; ")) }
     }
 
     public func destroy() {

@@ -1,3 +1,4 @@
+import CXenShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,32 +9,74 @@ public struct ChildProcessError: Error, CustomStringConvertible {
 
 /// A program started with posix_spawn, its standard output on a pipe we
 /// read line by line (standard error is inherited, or sent to a file).
+///
+/// Unless told otherwise the child does not outlive us: it gets the read end
+/// of a lifeline pipe (see ``ParentLifeline``) whose only write end we hold,
+/// so however we die, even by SIGKILL, xenback programs stop with us.
 public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
     private let output: UnsafeMutablePointer<FILE>
     public var outputDescriptor: Int32 { fileno(output) }
     private var exitStatus: Int32?
+    /// Our end of the lifeline (-1 without one). Closed once the child has
+    /// been waited for, or when this object goes away: closing it tells the
+    /// child to stop.
+    private var lifeline: Int32
 
-    public init(_ arguments: [String], standardError: String? = nil) throws {
+    /// `diesWithParent: false` is for children meant to keep running after
+    /// we exit (`xenback guest create` leaves its frontends behind).
+    public init(_ arguments: [String], standardError: String? = nil, diesWithParent: Bool = true) throws {
+        // Close-on-exec from birth, so no other child started meanwhile (by
+        // any thread) inherits these ends and keeps a pipe open.
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ChildProcessError(description: "pipe: errno \(errno)") }
+        guard CXenShims_pipe_cloexec(&fds) == 0 else { throw ChildProcessError(description: "pipe: errno \(errno)") }
+        var lifelineFDs: [Int32] = [-1, -1]
+        if diesWithParent {
+            guard CXenShims_pipe_cloexec(&lifelineFDs) == 0 else {
+                let e = errno
+                close(fds[0]); close(fds[1])
+                throw ChildProcessError(description: "pipe2 for the lifeline: errno \(e)")
+            }
+        }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
+        // dup2 onto the same number clears close-on-exec in the child only
+        // (POSIX 2024; glibc since 2.29), so the child keeps the read end.
+        if diesWithParent { posix_spawn_file_actions_adddup2(&actions, lifelineFDs[0], lifelineFDs[0]) }
         if let standardError { posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        // The environment, with the lifeline's descriptor number in place of
+        // any inherited from our own parent.
+        var environment = [UnsafeMutablePointer<CChar>?]()
+        var entry: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = environ
+        while let variable = entry.pointee {
+            if !String(cString: variable).hasPrefix(ParentLifeline.environmentVariable + "=") { environment.append(strdup(variable)) }
+            entry += 1
+        }
+        if diesWithParent { environment.append(strdup("\(ParentLifeline.environmentVariable)=\(lifelineFDs[0])")) }
+        environment.append(nil)
+        defer {
+            argv.forEach { free($0) }
+            environment.forEach { free($0) }
+        }
+        let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environment)
         posix_spawn_file_actions_destroy(&actions)
         close(fds[1])
+        if diesWithParent { close(lifelineFDs[0]) }
         guard rc == 0 else {
             close(fds[0])
+            if diesWithParent { close(lifelineFDs[1]) }
             throw ChildProcessError(description: "cannot start \(arguments[0]): \(String(cString: strerror(rc)))")
         }
         self.pid = pid
         output = fdopen(fds[0], "r")
+        lifeline = lifelineFDs[1]
+    }
+
+    deinit {
+        if lifeline >= 0 { close(lifeline) }
     }
 
     /// The next line the child prints, without its newline (nil at end of output).
@@ -60,6 +103,7 @@ public final class ChildProcess: @unchecked Sendable {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         fclose(output)
+        if lifeline >= 0 { close(lifeline); lifeline = -1 }
         let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         exitStatus = code
         return code

@@ -41,14 +41,15 @@ struct GuestCreateCommand: AsyncParsableCommand {
         print("guest \(name) domain \(guest.domain.rawValue)")
         if !noFrontends {
             for i in guest.disks.indices {
-                let front = try toolstack.startFrontend(guest, disk: i, seconds: 86_400 * 365, logFile: "/tmp/xenback-\(name)-\(guest.disks[i].devid).log")
+                let front = try toolstack.startFrontend(guest, disk: i, seconds: 86_400 * 365, logFile: "/tmp/xenback-\(name)-\(guest.disks[i].devid).log",
+                                                      diesWithUs: false)
                 try await toolstack.xenstore.write("/local/domain/\(guest.domain.rawValue)/xenback/frontend-pid/\(guest.disks[i].devid)", "\(front.pid)")
                 print("disk \(guest.disks[i].devid) frontend pid \(front.pid)")
             }
             for (i, spec) in nics.enumerated() {
                 guard let ip = spec.ip else { continue }
                 let front = try toolstack.startNetFrontend(guest, nic: i, ip: ip, ping: nil, serveSeconds: 86_400 * 365,
-                                                           logFile: "/tmp/xenback-\(name)-vif\(i).log")
+                                                           logFile: "/tmp/xenback-\(name)-vif\(i).log", diesWithUs: false)
                 try await toolstack.xenstore.write("/local/domain/\(guest.domain.rawValue)/xenback/netfront-pid/\(i)", "\(front.pid)")
                 print("nic \(i) (vif\(guest.domain.rawValue).\(i)) frontend pid \(front.pid)")
             }

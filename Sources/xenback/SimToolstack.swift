@@ -140,23 +140,24 @@ struct SimToolstack {
     /// `xenback front net` for NIC `index` of `guest`, in its own process:
     /// answers ARP and pings for `ip` and pings `ping`.
     func startNetFrontend(_ guest: Guest, nic index: Int, ip: String, ping: String?, serveSeconds: Int, streamSeconds: Int = 0,
-                          logFile: String? = nil) throws -> ChildProcess {
+                          logFile: String? = nil, diesWithUs: Bool = true) throws -> ChildProcess {
         guard let xenback = siblingExecutable("xenback") else { throw ToolstackError.badArgument("cannot find the xenback executable") }
         let first = UInt32(max(1, guest.disks.count)) * Self.framesPerDisk + UInt32(index) * Self.framesPerNIC
         return try ChildProcess([
             xenback, "front", "net", "--sim", simSocket, "--domain", "\(guest.domain.rawValue)", "--handle", "\(guest.nics[index].handle)",
             "--ip", ip, "--serve", "\(serveSeconds)", "--first-frame", "\(first)",
-        ] + (ping.map { ["--ping", $0] } ?? []) + (streamSeconds > 0 ? ["--stream", "\(streamSeconds)"] : []), standardError: logFile)
+        ] + (ping.map { ["--ping", $0] } ?? []) + (streamSeconds > 0 ? ["--stream", "\(streamSeconds)"] : []), standardError: logFile,
+           diesWithParent: diesWithUs)
     }
 
     /// `xenback front blk --soak` for disk `index` of `guest`, in its own process.
-    func startFrontend(_ guest: Guest, disk index: Int, seconds: Int, logFile: String? = nil) throws -> ChildProcess {
+    func startFrontend(_ guest: Guest, disk index: Int, seconds: Int, logFile: String? = nil, diesWithUs: Bool = true) throws -> ChildProcess {
         guard let xenback = siblingExecutable("xenback") else { throw ToolstackError.badArgument("cannot find the xenback executable") }
         return try ChildProcess([
             xenback, "front", "blk", "--sim", simSocket, "--domain", "\(guest.domain.rawValue)",
             "--devid", "\(guest.disks[index].devid)", "--queues", "2", "--iodepth", "16", "--soak", "\(seconds)",
             "--first-frame", "\(UInt32(index) * Self.framesPerDisk)", "--frame-count", "\(Self.framesPerDisk)",
-        ], standardError: logFile)
+        ], standardError: logFile, diesWithParent: diesWithUs)
     }
 
     /// Detaches every disk (online = 0, wait for the backend to close),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import XenProcess
 
 @main
 struct XenbackCommand: AsyncParsableCommand {
@@ -6,4 +7,9 @@ struct XenbackCommand: AsyncParsableCommand {
         commandName: "xenback",
         abstract: "Xen PV block and network backends: tools, benchmarks, frontends.",
         subcommands: [DemoCommand.self, StatusCommand.self, BenchCommand.self, FrontCommand.self, GuestCommand.self, XenStoredCommand.self, SimCommand.self])
+
+    static func main() async {
+        ParentLifeline.honour()
+        await main(nil)
+    }
 }

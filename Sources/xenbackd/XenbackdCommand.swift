@@ -9,6 +9,7 @@ import XenBlockBackend
 import XenNetBackend
 import XenHost
 import XenPlatform
+import XenProcess
 import XenSim
 import XenStore
 #if canImport(Glibc)
@@ -105,6 +106,11 @@ struct XenbackdCommand: AsyncParsableCommand {
         }
         do { try c.validate() } catch { throw .badValue(source: "command line", key: "net", reason: "\(error)") }
         return c
+    }
+
+    static func main() async {
+        ParentLifeline.honour()
+        await main(nil)
     }
 
     func validate() throws {

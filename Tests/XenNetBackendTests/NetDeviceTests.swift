@@ -8,6 +8,7 @@ import XenNetFrontend
 import XenNetProtocol
 import XenNetTestbed
 import XenPlatform
+import XenProcess
 import XenProtocolTesting
 import XenSim
 import XenStore
@@ -259,5 +260,23 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
         if !succeeds { try await host.frontendStore.write(nic.frontendPath + "/state", "\(XenbusState.closed.rawValue)") }
         try await task.value
         await host.shutdown()
+    }
+}
+
+@Suite(.serialized) struct NetworkLabTests {
+    /// A lab whose creator was killed before `destroy` (its pid is in the
+    /// namespace names) is removed by the next lab; a live one is left alone.
+    @Test func aKilledCreatorsLabIsRemovedByTheNext() async throws {
+        let finished = try ChildProcess(["/bin/true"])
+        let deadPID = finished.pid
+        finished.wait()
+        let leftover = "xbh-\(deadPID)-leftover", alive = "xbh-\(getpid())-alive"
+        try #require(runShell("ip netns add \(leftover) && ip netns add \(alive)").0 == 0)
+        defer { _ = runShell("ip netns del \(leftover) 2>/dev/null; ip netns del \(alive) 2>/dev/null") }
+        let lab = try NetworkLab()
+        defer { lab.destroy() }
+        #expect(access("/var/run/netns/\(leftover)", F_OK) != 0, "the dead process's namespace is gone")
+        #expect(access("/var/run/netns/\(alive)", F_OK) == 0, "a live process's namespace stays")
+        #expect(access("/var/run/netns/\(lab.hostNamespace)", F_OK) == 0)
     }
 }

@@ -42,6 +42,8 @@ int CXenShims_block_discard(int fd, unsigned long long offset, unsigned long lon
 int CXenShims_stream_socketpair(int fds[2]);
 /// pidfd_open(2): a descriptor that becomes readable when `pid` exits (-1, errno).
 int CXenShims_pidfd_open(int pid);
+/// pipe2(fds, O_CLOEXEC), which the C library only declares under _GNU_SOURCE.
+int CXenShims_pipe_cloexec(int fds[2]);
 /// O_DIRECT, which the C library only defines under _GNU_SOURCE.
 int CXenShims_O_DIRECT(void);
 /// Bytes the C heap has handed out and not had back (mallinfo2's uordblks):
