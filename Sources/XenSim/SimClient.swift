@@ -83,23 +83,25 @@ public final class SimClient: @unchecked Sendable {
 
     /// A xenstore connection acting as `domain` (dom0 is privileged).
     public func xenstore(as domain: DomainID) async throws -> XenStoreClient {
-        let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
-        guard reply.fds.count == 1 else { throw SimError.remote(operation: "xenstore connect", errno: EPROTO) }
-        return try await XenStoreClient.connect(fileDescriptor: reply.fds[0])
+        try await XenStoreClient.connect(fileDescriptor: xenstoreSocket(as: domain))
     }
 
     /// A xenstore connection acting as `domain` that outlives a xenstored
     /// restart: each reconnection asks the server for a new socket.
     public func xenstore(as domain: DomainID, reconnectingWith logger: Logger) async throws -> XenStoreClient {
-        let endpoint = XenStoreReconnection.Endpoint.connectedSocket { [self] in
-            let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
-            guard reply.fds.count == 1 else {
-                for fd in reply.fds { close(fd) }
-                throw SimError.remote(operation: "xenstore connect", errno: EPROTO)
-            }
-            return reply.fds[0]
-        }
+        let endpoint = XenStoreReconnection.Endpoint.connectedSocket { [self] in try xenstoreSocket(as: domain) }
         return try await XenStoreClient.connect(reconnecting: XenStoreReconnection(endpoint, logger: logger))
+    }
+
+    /// A new socket to the server's xenstored, already introduced as `domain`;
+    /// the caller owns it.
+    private func xenstoreSocket(as domain: DomainID) throws -> Int32 {
+        let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
+        guard reply.fds.count == 1 else {
+            for fd in reply.fds { close(fd) }
+            throw SimError.remote(operation: "xenstore connect", errno: EPROTO)
+        }
+        return reply.fds[0]
     }
 
     /// An event channel device for `domain`, served by the server's hypervisor.
