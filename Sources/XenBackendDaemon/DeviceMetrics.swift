@@ -12,7 +12,7 @@ protocol DeviceMetrics: AnyObject, Sendable {
 /// what changed since the last one. Labelled with domid and devid.
 final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used only under the daemon's device-table lock
     private let readRequests, writeRequests, flushRequests, discardRequests: Counter
-    private let readBytes, writeBytes, errors, outOfResources, ringsHalted: Counter
+    private let readBytes, writeBytes, errors, outOfResources, ringsHalted, spuriousEvents: Counter
     private let connected: Gauge
     private var last = BlockStatistics.Snapshot.zero
 
@@ -26,6 +26,7 @@ final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used on
         errors = Counter(label: "xenback_block_errors_total", dimensions: d)
         outOfResources = Counter(label: "xenback_block_out_of_resources_total", dimensions: d)
         ringsHalted = Counter(label: "xenback_block_rings_halted_total", dimensions: d)
+        spuriousEvents = Counter(label: "xenback_block_spurious_events_total", dimensions: d)
         connected = Gauge(label: "xenback_block_connected", dimensions: d)
     }
 
@@ -42,12 +43,13 @@ final class BlockDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used on
         add(errors, s.errors, last.errors)
         add(outOfResources, s.outOfResources, last.outOfResources)
         add(ringsHalted, s.ringsHalted, last.ringsHalted)
+        add(spuriousEvents, s.spuriousEvents, last.spuriousEvents)
         connected.record(isConnected ? 1 : 0)
         last = s
     }
 
     func destroy() {
-        for c in [readRequests, writeRequests, flushRequests, discardRequests, readBytes, writeBytes, errors, outOfResources, ringsHalted] { c.destroy() }
+        for c in [readRequests, writeRequests, flushRequests, discardRequests, readBytes, writeBytes, errors, outOfResources, ringsHalted, spuriousEvents] { c.destroy() }
         connected.destroy()
     }
 }
@@ -59,7 +61,7 @@ final class NetDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used only
     private let bytes: [Counter]
     private let dropped: [Counter]
     private let errors: [Counter]
-    private let stalls: Counter
+    private let stalls, spuriousEvents: Counter
     private let connected: Gauge
     private var last = NetStatistics.Snapshot.zero
 
@@ -73,6 +75,7 @@ final class NetDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used only
         dropped = pair("xenback_net_dropped_total")
         errors = pair("xenback_net_errors_total")
         stalls = Counter(label: "xenback_net_rx_stalls_total", dimensions: d)
+        spuriousEvents = Counter(label: "xenback_net_spurious_events_total", dimensions: d)
         connected = Gauge(label: "xenback_net_connected", dimensions: d)
     }
 
@@ -85,12 +88,13 @@ final class NetDeviceMetrics: DeviceMetrics, @unchecked Sendable {  // used only
         add(dropped[0], s.txDropped, last.txDropped); add(dropped[1], s.rxDropped, last.rxDropped)
         add(errors[0], s.txErrors, last.txErrors); add(errors[1], s.rxErrors, last.rxErrors)
         add(stalls, s.rxStalls, last.rxStalls)
+        add(spuriousEvents, s.spuriousEvents, last.spuriousEvents)
         connected.record(isConnected ? 1 : 0)
         last = s
     }
 
     func destroy() {
-        for c in packets + bytes + dropped + errors + [stalls] { c.destroy() }
+        for c in packets + bytes + dropped + errors + [stalls, spuriousEvents] { c.destroy() }
         connected.destroy()
     }
 }

@@ -236,6 +236,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                    pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 16)
+        var throttle = SpuriousEventThrottle()
+        var consumedAtLastEvent = ring.requestConsumer
         while true {
             do { try processRing() } catch {
                 drain()
@@ -246,9 +248,13 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             if canTakeRequests && ring.finalCheckForRequests() { continue }
             if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
             for i in fds.indices { fds[i].revents = 0 }
-            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted
+            let now = monotonicNanoseconds()
+            if throttle.holdExpired(now: now) { try? events.unmask(port) }
+            // A port held masked is not idle: the hold's end must unmask it.
+            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted && throttle.unmaskAt == nil
             // A refused submission is retried after a millisecond.
-            let timeout: Int32 = submissionPending ? 1 : (idle && parkAfterMilliseconds > 0 ? Int32(clamping: parkAfterMilliseconds) : -1)
+            var timeout: Int32 = submissionPending ? 1 : (idle && parkAfterMilliseconds > 0 ? Int32(clamping: parkAfterMilliseconds) : -1)
+            if let hold = throttle.millisecondsUntilUnmask(now: now) { timeout = timeout < 0 ? hold : min(timeout, hold) }
             let n = poll(&fds, 3, timeout)
             if n < 0 && errno == EINTR { continue }
             if n == 0 && idle && parkAfterMilliseconds > 0 { return .idle }
@@ -262,7 +268,16 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 let taken: Int
                 do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
                 catch { drain(); throw .eventChannel(error) }
-                if taken > 0 { try? events.unmask(port) }
+                if taken > 0 {
+                    // Work: requests taken since the last event (an honest
+                    // kick often arrives after our final check already took
+                    // its request), or requests we can take now. Kicks while
+                    // every slot is busy bring nothing: completions wake us.
+                    let foundWork = ring.requestConsumer != consumedAtLastEvent || (canTakeRequests && ring.unconsumedRequests() > 0)
+                    consumedAtLastEvent = ring.requestConsumer
+                    if !foundWork { statistics.add(statistics.spuriousEvents) }
+                    if throttle.recordWake(foundWork: foundWork, now: monotonicNanoseconds()) { try? events.unmask(port) }
+                }
             }
         }
     }

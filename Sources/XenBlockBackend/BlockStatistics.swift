@@ -23,6 +23,9 @@ public final class BlockStatistics: Sendable {
     /// Rings stopped for good because the frontend broke the ring protocol
     /// (an impossible producer index): a stalled ring an operator should see.
     public let ringsHalted = Atomic<UInt64>(0)
+    /// Event-channel wakes that found nothing to do (XSA-332); from the
+    /// second in a row the port is held masked for a while.
+    public let spuriousEvents = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -35,7 +38,7 @@ public final class BlockStatistics: Sendable {
     public struct Snapshot: Sendable, Equatable, CustomStringConvertible {
         public var readRequests: UInt64 = 0, writeRequests: UInt64 = 0, flushRequests: UInt64 = 0, discardRequests: UInt64 = 0
         public var readSectors: UInt64 = 0, writeSectors: UInt64 = 0, errors: UInt64 = 0, outOfResources: UInt64 = 0
-        public var barrierWaits: UInt64 = 0, persistentGrantMaps: UInt64 = 0, ringsHalted: UInt64 = 0
+        public var barrierWaits: UInt64 = 0, persistentGrantMaps: UInt64 = 0, ringsHalted: UInt64 = 0, spuriousEvents: UInt64 = 0
 
         public static let zero = Snapshot()
 
@@ -46,14 +49,15 @@ public final class BlockStatistics: Sendable {
                      readSectors: a.readSectors + b.readSectors, writeSectors: a.writeSectors + b.writeSectors,
                      errors: a.errors + b.errors, outOfResources: a.outOfResources + b.outOfResources,
                      barrierWaits: a.barrierWaits + b.barrierWaits, persistentGrantMaps: a.persistentGrantMaps + b.persistentGrantMaps,
-                     ringsHalted: a.ringsHalted + b.ringsHalted)
+                     ringsHalted: a.ringsHalted + b.ringsHalted, spuriousEvents: a.spuriousEvents + b.spuriousEvents)
         }
 
         /// Linux's sysfs names where there is one.
         public var description: String {
             "rd_req \(readRequests) wr_req \(writeRequests) f_req \(flushRequests) ds_req \(discardRequests) "
                 + "rd_sect \(readSectors) wr_sect \(writeSectors) oo_req \(outOfResources) errors \(errors) "
-                + "barrier_waits \(barrierWaits) persistent_maps \(persistentGrantMaps) rings_halted \(ringsHalted)"
+                + "barrier_waits \(barrierWaits) persistent_maps \(persistentGrantMaps) rings_halted \(ringsHalted) "
+                + "spurious_events \(spuriousEvents)"
         }
     }
 
@@ -63,6 +67,6 @@ public final class BlockStatistics: Sendable {
                  readSectors: readSectors.load(ordering: .relaxed), writeSectors: writeSectors.load(ordering: .relaxed),
                  errors: errors.load(ordering: .relaxed), outOfResources: outOfResources.load(ordering: .relaxed),
                  barrierWaits: barrierWaits.load(ordering: .relaxed), persistentGrantMaps: persistentGrantMaps.load(ordering: .relaxed),
-                 ringsHalted: ringsHalted.load(ordering: .relaxed))
+                 ringsHalted: ringsHalted.load(ordering: .relaxed), spuriousEvents: spuriousEvents.load(ordering: .relaxed))
     }
 }

@@ -325,11 +325,23 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                    pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: inbox?.wake ?? -1, events: Int16(POLLIN), revents: 0)]
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 8)
+        // One per port: transmit (and receive when shared), receive, control.
+        var throttles = [SpuriousEventThrottle](repeating: SpuriousEventThrottle(), count: 3)
+        var consumedAtLastEvent = (0..<3).map { consumed(kind: $0) }
         while true {
             let now = monotonicNanoseconds()
             try process(now: now)
             guard var timeout = prepareToSleep(now: now) else { continue }
-            let idle = timeout < 0 && parkAfterMilliseconds > 0
+            var holding = false
+            for kind in throttles.indices {
+                if throttles[kind].holdExpired(now: now), let port = port(ofKind: kind) { try? events.unmask(port) }
+                if let hold = throttles[kind].millisecondsUntilUnmask(now: now) {
+                    holding = true
+                    timeout = timeout < 0 ? hold : min(timeout, hold)
+                }
+            }
+            // A port held masked is not idle: the hold's end must unmask it.
+            let idle = timeout < 0 && parkAfterMilliseconds > 0 && !holding
             if idle { timeout = Int32(clamping: parkAfterMilliseconds) }
             // Stop reading the TAP while our queue is full: the kernel's
             // queue in front of it bounds what waits there.
@@ -350,8 +362,56 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
                 let taken: Int
                 do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
                 catch { throw .eventChannel(error) }
-                for i in 0..<taken { try? events.unmask(pending[i]) }
+                let now = monotonicNanoseconds()
+                for i in 0..<taken {
+                    guard let kind = portKind(pending[i]) else { try? events.unmask(pending[i]); continue }
+                    let foundWork = consumed(kind: kind) != consumedAtLastEvent[kind] || portHasWork(kind)
+                    consumedAtLastEvent[kind] = consumed(kind: kind)
+                    if !foundWork { statistics.add(statistics.spuriousEvents) }
+                    if throttles[kind].recordWake(foundWork: foundWork, now: now) { try? events.unmask(pending[i]) }
+                }
             }
+        }
+    }
+
+    // MARK: Spurious events (XSA-332)
+
+    private func portKind(_ port: EventChannelPort) -> Int? {
+        if port == txPort { return 0 }
+        if port == rxPort { return 1 }
+        if let control, port == control.port { return 2 }
+        return nil
+    }
+
+    private func port(ofKind kind: Int) -> EventChannelPort? {
+        switch kind {
+        case 0: txPort
+        case 1: rxPort
+        default: control?.port
+        }
+    }
+
+    /// The request consumer of the rings this kind of port serves: when it
+    /// moved since the port's last event, that event was not for nothing
+    /// (an honest kick often arrives after a final check took its request).
+    private func consumed(kind: Int) -> UInt32 {
+        switch kind {
+        case 0: txRing.requestConsumer.rawValue &+ (rxPort == txPort ? rxRing.requestConsumer.rawValue : 0)
+        case 1: rxRing.requestConsumer.rawValue
+        default: control?.ring.requestConsumer.rawValue ?? 0
+        }
+    }
+
+    /// Whether an event on this kind of port brings something we can do now:
+    /// transmit requests we may take (not held back by the rate), frames
+    /// waiting that the receive ring now has room for, control requests.
+    private func portHasWork(_ kind: Int) -> Bool {
+        let transmit = !txRing.isHalted && !txRateBlocked && txRing.unconsumedRequests() > 0
+        let receive = rxCount > 0 && !rxRing.isHalted && receiveCanProgress()
+        switch kind {
+        case 0: return rxPort == txPort ? transmit || receive : transmit
+        case 1: return receive
+        default: return control.map { !$0.ring.isHalted && $0.ring.unconsumedRequests() > 0 } ?? false
         }
     }
 
@@ -932,13 +992,6 @@ public final class NetQueueWorker<Platform: XenPlatform>: @unchecked Sendable {
         statistics.add(statistics.rxDropped, UInt64(rxCount))
         while rxCount > 0 { dequeueHead() }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-public func monotonicNanoseconds() -> Int {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec)
 }
 
 /// Packet buffers reserved, not committed: only pages a packet touched take

@@ -21,6 +21,9 @@ public final class NetStatistics: Sendable {
     public let rxErrors = Atomic<UInt64>(0)
     /// Times the frontend left the receive ring without buffers past the stall timeout.
     public let rxStalls = Atomic<UInt64>(0)
+    /// Event-channel wakes that found nothing to do (XSA-332); from the
+    /// second in a row the port is held masked for a while.
+    public let spuriousEvents = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -33,6 +36,7 @@ public final class NetStatistics: Sendable {
     public struct Snapshot: Sendable, Equatable, CustomStringConvertible {
         public var txPackets: UInt64 = 0, txBytes: UInt64 = 0, txErrors: UInt64 = 0, txDropped: UInt64 = 0, txCreditWaits: UInt64 = 0
         public var rxPackets: UInt64 = 0, rxBytes: UInt64 = 0, rxDropped: UInt64 = 0, rxErrors: UInt64 = 0, rxStalls: UInt64 = 0
+        public var spuriousEvents: UInt64 = 0
 
         public static let zero = Snapshot()
 
@@ -40,12 +44,13 @@ public final class NetStatistics: Sendable {
             Snapshot(txPackets: a.txPackets + b.txPackets, txBytes: a.txBytes + b.txBytes, txErrors: a.txErrors + b.txErrors,
                      txDropped: a.txDropped + b.txDropped, txCreditWaits: a.txCreditWaits + b.txCreditWaits,
                      rxPackets: a.rxPackets + b.rxPackets, rxBytes: a.rxBytes + b.rxBytes, rxDropped: a.rxDropped + b.rxDropped,
-                     rxErrors: a.rxErrors + b.rxErrors, rxStalls: a.rxStalls + b.rxStalls)
+                     rxErrors: a.rxErrors + b.rxErrors, rxStalls: a.rxStalls + b.rxStalls, spuriousEvents: a.spuriousEvents + b.spuriousEvents)
         }
 
         public var description: String {
             "tx_packets \(txPackets) tx_bytes \(txBytes) tx_errors \(txErrors) tx_dropped \(txDropped) tx_credit_waits \(txCreditWaits) "
-                + "rx_packets \(rxPackets) rx_bytes \(rxBytes) rx_dropped \(rxDropped) rx_errors \(rxErrors) rx_stalls \(rxStalls)"
+                + "rx_packets \(rxPackets) rx_bytes \(rxBytes) rx_dropped \(rxDropped) rx_errors \(rxErrors) rx_stalls \(rxStalls) "
+                + "spurious_events \(spuriousEvents)"
         }
     }
 
@@ -55,6 +60,6 @@ public final class NetStatistics: Sendable {
                  txCreditWaits: txCreditWaits.load(ordering: .relaxed),
                  rxPackets: rxPackets.load(ordering: .relaxed), rxBytes: rxBytes.load(ordering: .relaxed),
                  rxDropped: rxDropped.load(ordering: .relaxed), rxErrors: rxErrors.load(ordering: .relaxed),
-                 rxStalls: rxStalls.load(ordering: .relaxed))
+                 rxStalls: rxStalls.load(ordering: .relaxed), spuriousEvents: spuriousEvents.load(ordering: .relaxed))
     }
 }

@@ -121,6 +121,7 @@ struct BlockBenchCommand: AsyncParsableCommand {
                   + fmt(ours.iops, 0).padding(14) + fmt(ours.megabytesPerSecond, 1).padding(11) + fmt(ours.iops / fio.iops, 3))
         }
         let ops = ourRuns.last.map(\.operations) ?? 0
+        print("backend: \(rig.device.statistics)")
         await rig.shutdown()
         BlockBackendInstrumentation.setWorkerThreadStartHook(nil)
 

@@ -374,4 +374,30 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
             #expect(device.disabledReason == nil)
         }
     }
+
+    /// XSA-332, the cost: 1.5 s of notifications with nothing on the rings
+    /// wakes the queue's worker a bounded number of times (each wake is one
+    /// bounded pass): from the second spurious wake in a row the port stays
+    /// masked, 1 ms doubling to 1 s. The VIF works afterwards.
+    @Test func anEventStormCostsABoundedNumberOfWakes() async throws {
+        try await withVIF { _, lab, device, front in
+            let queue = front.queues[0]
+            let before = device.statistics.spuriousEvents
+            let (kicks, seconds) = try await offThePool { () throws -> (Int, Double) in
+                let start = monotonicNanoseconds(), end = start + 1_500_000_000
+                var kicks = 0
+                while monotonicNanoseconds() < end {
+                    for _ in 0..<100 { try queue.kick() }
+                    kicks += 100
+                }
+                return (kicks, Double(monotonicNanoseconds() - start) / 1e9)
+            }
+            let spurious = device.statistics.spuriousEvents - before
+            let bound = UInt64(14 + 2 * seconds.rounded(.up))
+            #expect(spurious >= 2 && spurious <= bound,
+                    "\(kicks) kicks in \(seconds) s woke the queue for nothing \(spurious) times (at most \(bound) allowed)")
+            try await ringStillWorks(queue, device, lab: lab)
+            #expect(device.disabledReason == nil)
+        }
+    }
 }
