@@ -94,12 +94,16 @@ struct DemoCommand: AsyncParsableCommand {
         // The NIC: the guest pings the peer, the peer pings the guest.
         var netfront: ChildProcess?
         var peerPing: Task<(Int32, String), Never>?
+        var startPeerPing: (() -> Void)?
         if let lab, let nic = guest.nics.first {
             _ = try await awaitXenbusState(toolstack.xenstore, nic.backendPath, timeout: .seconds(10), "xenbackd to take the NIC") { $0 == .initWait }
             let ip = lab.guestIP.map(String.init).joined(separator: "."), peer = lab.peerIP.map(String.init).joined(separator: ".")
             netfront = try toolstack.startNetFrontend(guest, nic: 0, ip: ip, ping: peer, serveSeconds: 3, streamSeconds: max(1, seconds - 2),
                                                       logFile: dir + "/netfront-\(guest.domain.rawValue).log")
-            peerPing = Task.detached { lab.inPeer("ping -c 3 -i 0.3 -w 20 \(ip)") }
+            // Once the guest's netfront is connected: before that nobody
+            // answers ARP, ping's echoes pile up behind it, and ping stops
+            // at 3 replies with a 4th still in flight ("25% loss").
+            startPeerPing = { peerPing = Task.detached { lab.inPeer("ping -c 3 -i 0.3 -w 20 \(ip)") } }
             print("  NIC          vif\(guest.domain.rawValue).0 on bridge \(lab.bridge) (namespace \(lab.hostNamespace)), guest \(ip), peer \(peer); netfront pid \(netfront!.pid)")
         } else {
             print("  network      skipped: \(whyNoNetwork)")
@@ -151,6 +155,7 @@ struct DemoCommand: AsyncParsableCommand {
             if nicOpen && fds[1].revents != 0 {
                 guard let line = netfront!.line() else { nicOpen = false; continue }
                 netLines.append(line)
+                if line.hasPrefix("connected:"), peerPing == nil { startPeerPing?() }
                 if line.hasPrefix("progress"), let nic = guest.nics.first {
                     let f = fields(line)
                     packetRates.append(Double(f["pps"] ?? "") ?? 0)
@@ -167,7 +172,7 @@ struct DemoCommand: AsyncParsableCommand {
             let guestPing = netLines.first { $0.hasPrefix("ping ") } ?? ""
             let streamLine = netLines.first { $0.hasPrefix("stream:") } ?? ""
             let netStatus = netfront.wait()
-            let (peerStatus, peerOutput) = await peerPing!.value
+            let (peerStatus, peerOutput) = await peerPing?.value ?? (1, "the guest's netfront never connected")
             let peerReceived = peerOutput.split(separator: "\n").first { $0.contains("received") }.map(String.init) ?? "no reply"
             networkOK = netStatus == 0 && peerStatus == 0
             let meanPPS = packetRates.isEmpty ? 0 : packetRates.reduce(0, +) / Double(packetRates.count)
