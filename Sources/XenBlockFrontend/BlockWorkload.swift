@@ -94,8 +94,10 @@ extension BlockFrontendQueue {
         // One prepared request per slot (segments and indirect pages do not
         // change between uses): the loop below allocates nothing.
         var prepared = (0..<depth).map { makeRequest(slot: $0, operation: operation, sector: 0, byteCount: workload.blockSize) }
+        var outstanding = OutstandingRequests(capacity: depth)
         func issue(_ slot: Int) {
             prepared[slot].sectorNumber = nextSector()
+            outstanding.sent(slot)
             ring.produceRequest(prepared[slot])
             issued += 1
             inFlight += 1
@@ -111,8 +113,10 @@ extension BlockFrontendQueue {
                 answered += 1
                 inFlight -= 1
                 completed += 1
-                let slot = Int(truncatingIfNeeded: response.id)
-                guard (0..<depth).contains(slot) else { errors += 1; continue }  // not an id we sent
+                // XSA-391: an id not waiting for an answer means the backend
+                // lies; stop rather than reuse a slot still in flight.
+                do { try outstanding.answered(response.id) } catch { throw BlockFrontendError.request("\(error)") }
+                let slot = Int(response.id)
                 // An answer naming another operation is an error, as Linux blkfront treats it.
                 if response.status != .okay || response.operation != prepared[slot].responseOperation { errors += 1 }
                 if !stopping && mayIssue() {

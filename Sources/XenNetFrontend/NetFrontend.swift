@@ -486,6 +486,9 @@ extension NetFrontendQueue {
                       until deadline: Int) throws -> Int {
         let pages = (frame.count + 4095) / 4096
         precondition(pages <= txFrames.count / 2, "frame too large to blast")
+        // Earlier sends first: their pages are about to be overwritten, and
+        // their answers are not the groups counted below.
+        try awaitTransmitIdle()
         // Page k of every packet is transmit page k (+ pages * j): fill each once.
         for id in 0..<txFrames.count {
             let part = id % pages
@@ -496,6 +499,7 @@ extension NetFrontendQueue {
         let groups = txFrames.count / pages
         var freeGroups = [Int](0..<groups)
         freeGroups.reserveCapacity(groups)
+        var outstanding = OutstandingRequests(capacity: groups)
         var answered = 0
         var inFlight = 0
         while true {
@@ -503,6 +507,8 @@ extension NetFrontendQueue {
             let producer = try txRing.readResponseProducer()
             while let r = txRing.nextResponse(before: producer) {
                 guard r.status != NetStatus.null, Int(r.id) % pages == 0 else { continue }
+                // XSA-391: a group not in flight means the backend lies.
+                do { try outstanding.answered(UInt64(r.id) / UInt64(pages)) } catch { throw NetFrontendError.frame("\(error) (transmit)") }
                 freeGroups.append(Int(r.id) / pages)
                 inFlight -= 1
                 if r.status == NetStatus.okay { answered += 1 }
@@ -511,6 +517,7 @@ extension NetFrontendQueue {
             var produced = false
             while let group = freeGroups.last, Int(txRing.freeRequests) >= slotsPerFrame {
                 freeGroups.removeLast()
+                outstanding.sent(group)
                 for p in 0..<pages {
                     let id = UInt16(group * pages + p)
                     var flags: NetTxFlags = p + 1 < pages ? [.moreData] : []
@@ -538,6 +545,7 @@ extension NetFrontendQueue {
             let producer = try txRing.readResponseProducer()
             while let r = txRing.nextResponse(before: producer) {
                 guard r.status != NetStatus.null, Int(r.id) % pages == 0 else { continue }
+                do { try outstanding.answered(UInt64(r.id) / UInt64(pages)) } catch { throw NetFrontendError.frame("\(error) (transmit)") }
                 inFlight -= 1
                 if r.status == NetStatus.okay { answered += 1 }
             }

@@ -101,3 +101,24 @@ import XenRingBenchmark
         #expect(header == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0] + [UInt8](repeating: 0, count: 48))
     }
 }
+
+/// XSA-391 from the frontend's side: a backend's answer is checked against
+/// what is waiting, so a lying id neither frees a slot twice nor one never used.
+@Suite struct OutstandingRequestsTests {
+    @Test func onlyWaitingIdsAreAccepted() throws {
+        var outstanding = OutstandingRequests(capacity: 4)
+        outstanding.sent(1)
+        outstanding.sent(3)
+        #expect(outstanding.count == 2)
+        #expect(throws: UnexpectedResponse(id: 0)) { try outstanding.answered(0) }          // never sent
+        #expect(throws: UnexpectedResponse(id: 4)) { try outstanding.answered(4) }          // out of range
+        #expect(throws: UnexpectedResponse(id: UInt64.max)) { try outstanding.answered(.max) }
+        try outstanding.answered(3)
+        #expect(throws: UnexpectedResponse(id: 3)) { try outstanding.answered(3) }          // answered twice
+        #expect(outstanding.count == 1 && outstanding.isWaiting(1) && !outstanding.isWaiting(3))
+        outstanding.sent(3)                                                                  // the slot is reusable
+        try outstanding.answered(1)
+        try outstanding.answered(3)
+        #expect(outstanding.count == 0)
+    }
+}
