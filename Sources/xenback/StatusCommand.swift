@@ -21,7 +21,7 @@ struct StatusCommand: AsyncParsableCommand {
         if let sim { xenstore = try await SimClient(socketPath: sim).xenstore(as: .dom0) } else { xenstore = try await XenStoreClient.connectToSystem() }
         let counters = try metricsFile.map(Self.readMetrics) ?? [:]
         let root = "/local/domain/\(domain)/backend/vbd"
-        print("device          state         frontend      params                          queues order protocol    persistent  rd_req    wr_req    f_req  errors")
+        print("device          state         frontend      params                          queues order protocol    persistent  rd_req    wr_req    f_req  errors  spurious")
         var count = 0
         for dom in (try? await xenstore.directory(root)) ?? [] {
             for devid in (try? await xenstore.directory(root + "/" + dom)) ?? [] {
@@ -49,7 +49,7 @@ struct StatusCommand: AsyncParsableCommand {
                 row += counter("xenback_block_requests_total", "read").padding(10)
                 row += counter("xenback_block_requests_total", "write").padding(10)
                 row += counter("xenback_block_requests_total", "flush").padding(7)
-                row += counter("xenback_block_errors_total")
+                row += counter("xenback_block_errors_total").padding(8) + counter("xenback_block_spurious_events_total")
                 print(row)
                 count += 1
             }
@@ -62,7 +62,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     private func printInterfaces(_ xenstore: XenStoreClient, counters: [String: Double]) async throws {
         let root = "/local/domain/\(domain)/backend/vif"
-        print("interface       state         frontend      bridge        queues split gso   mcast  tx_pkts    rx_pkts    tx_err  rx_drop")
+        print("interface       state         frontend      bridge        queues split gso   mcast  tx_pkts    rx_pkts    tx_err  rx_drop  spurious")
         var count = 0
         for dom in (try? await xenstore.directory(root)) ?? [] {
             for handle in (try? await xenstore.directory(root + "/" + dom)) ?? [] {
@@ -86,7 +86,8 @@ struct StatusCommand: AsyncParsableCommand {
                 row += (await key(frontendPath + "/multi-queue-num-queues") ?? "1").padding(7) + (split ? "yes" : "no").padding(6)
                 row += (gso ? "yes" : "no").padding(6) + (mcast ? "yes" : "no").padding(7)
                 row += counter("xenback_net_packets_total", "tx").padding(11) + counter("xenback_net_packets_total", "rx").padding(11)
-                row += counter("xenback_net_errors_total", "tx").padding(8) + counter("xenback_net_dropped_total", "rx")
+                row += counter("xenback_net_errors_total", "tx").padding(8) + counter("xenback_net_dropped_total", "rx").padding(9)
+                row += counter("xenback_net_spurious_events_total")
                 print(row)
                 count += 1
             }
