@@ -63,12 +63,14 @@ public enum NetQueueFuzzer {
             var frame = [UInt8](repeating: 0, count: 70_000)
             var steps = 0
             var ringsExposed = false
+            let ringRefs = [txRef.rawValue, rxRef.rawValue, controlRef.rawValue]
             script: while !input.isAtEnd && steps < 1_000 {
                 steps += 1
                 switch input.byte() % 10 {
                 case 9:  // control requests: any type, sizes, offsets and grants
                     for _ in 0..<Int(input.byte() % 8) where !controlRing.isFull {
                         let grant = input.byte() & 1 == 0 ? pool[Int(input.byte()) % pool.count] : input.u32()
+                        if ringRefs.contains(grant) { ringsExposed = true }
                         controlRing.produceRequest(NetControlRequest(id: input.u16(), type: NetControlType(rawValue: UInt16(input.byte() % 12)),
                                                                      data: (input.byte() & 1 == 0 ? grant : input.u32(), input.u32() % 300, input.u32())))
                     }
@@ -106,6 +108,9 @@ public enum NetQueueFuzzer {
                 case 4:  // receive buffers (ids and grants from the pool, or anything)
                     for _ in 0..<Int(input.byte() % 32) where !rxRing.isFull {
                         let grant = input.byte() & 3 == 0 ? input.u32() : pool[Int(input.byte()) % pool.count]
+                        // Any ref may be a ring's own grant: the guest then
+                        // has the backend copy packets over that ring.
+                        if ringRefs.contains(grant) { ringsExposed = true }
                         rxRing.produceRequest(NetRxRequest(id: input.u16(), grant: grant))
                     }
                     _ = rxRing.pushRequests()
