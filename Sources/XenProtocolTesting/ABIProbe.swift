@@ -145,7 +145,9 @@ public final class TempDisk {
     public init(megabytes: Int) {
         var template = Array("/tmp/xenback-disk-XXXXXX".utf8CString)
         let fd = mkstemp(&template)
-        path = String(cString: template)
+        precondition(fd >= 0, "cannot create a disk image in /tmp: errno \(errno)")
+        // The template is NUL-terminated; mkstemp filled in its X's.
+        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         ftruncate(fd, off_t(megabytes) << 20)
         close(fd)
     }

@@ -216,7 +216,8 @@ struct DemoCommand: AsyncParsableCommand {
     private func makeTemporaryDirectory() throws -> String {
         var template = Array("/tmp/xenback-demo-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw ValidationError("cannot create a directory in /tmp") }
-        return String(cString: template)
+        // The template is NUL-terminated; mkdtemp filled in its X's.
+        return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 }
 
