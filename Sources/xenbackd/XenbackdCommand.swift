@@ -18,7 +18,7 @@ import Glibc
 
 extension PlatformKind: ExpressibleByArgument {}
 extension BlockEngineKind: ExpressibleByArgument {}
-extension Logger.Level: ExpressibleByArgument {}
+extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 @main
 struct XenbackdCommand: AsyncParsableCommand {

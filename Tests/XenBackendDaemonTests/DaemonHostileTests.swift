@@ -155,7 +155,7 @@ import XenStoreProtocol
         let ringFrames: [UInt32] = [600, 601]
         for f in ringFrames { guest.page(f).initializeMemory(as: UInt8.self, repeating: 0, count: 4096) }
         let ringRefs = try ringFrames.map { try guest.grantAccess(to: .dom0, frame: $0, readOnly: false) }
-        let ports = try (0..<2).map { _ in try events.allocateUnbound(remoteDomain: .dom0) }
+        let ports = (0..<2).map { _ in events.allocateUnbound(remoteDomain: .dom0) }
         let queues = broken == .eventChannel ? 1 : 2
         if queues == 1 {
             try await store.write(path + "/ring-ref", "\(ringRefs[0].rawValue)")
@@ -199,7 +199,7 @@ import XenStoreProtocol
         let frame: UInt32 = 700
         guest.page(frame).initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         let ringRef = try guest.grantAccess(to: .dom0, frame: frame, readOnly: false)
-        let port = try events.allocateUnbound(remoteDomain: .dom0)
+        let port = events.allocateUnbound(remoteDomain: .dom0)
         try await store.write(path + "/ring-ref", "\(ringRef.rawValue)")
         try await store.write(path + "/event-channel", "\(port.rawValue)")
         try await store.write(path + "/protocol", "x86_64-abi")

@@ -75,12 +75,24 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
                                                      backing: backing, geometry: geometry, engine: engine)
     let stop = eventfd(0, Int32(EFD_CLOEXEC))
     defer { close(stop) }
-    let thread = JoinableThread { try? worker.run(stopDescriptor: stop) }
+    let workerOutcome = WorkerOutcome()
+    let thread = JoinableThread { workerOutcome.record { try worker.run(stopDescriptor: stop) } }
     let outcome = Result { try body(worker) }
     var one: UInt64 = 1
     _ = write(stop, &one, 8)
     thread.join()
     try outcome.get()
+    try workerOutcome.get()
+}
+
+/// How a worker's run on its own thread ended: written by that thread,
+/// read only after it was joined (the join orders the two).
+final class WorkerOutcome: @unchecked Sendable {
+    private var error: (any Error)?
+    func record(_ run: () throws -> Void) {
+        do { try run() } catch { self.error = error }
+    }
+    func get() throws { if let error { throw error } }
 }
 
 @Suite struct BlockWorkerTests {
@@ -303,7 +315,8 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
             backing: try FileBacking(path: disk.path, direct: true), engine: .libaio, persistentGrants: 16)
         let stop = eventfd(0, Int32(EFD_CLOEXEC))
         defer { close(stop) }
-        let thread = JoinableThread { try? worker.run(stopDescriptor: stop) }
+        let workerOutcome = WorkerOutcome()
+        let thread = JoinableThread { workerOutcome.record { try worker.run(stopDescriptor: stop) } }
         // 8 pages per request, 12 different page sets, written then read back elsewhere, 3 times.
         let refs = try (1...96).map { try g.grant(UInt32($0)) }
         for pass in 0..<3 {
@@ -323,6 +336,7 @@ where L.Request == BlockRequest, L.Response == BlockResponse {
         var one: UInt64 = 1
         _ = write(stop, &one, 8)
         thread.join()
+        try workerOutcome.get()
     }
 }
 

@@ -86,7 +86,7 @@ import XenRingBenchmark
         #expect(throws: RingError.self) { try SharedRingMemory(base: p.base, pageCount: 0) }
         #expect(throws: RingError.self) { try SharedRingMemory(base: p.base, pageCount: 17) }
         // A 100-byte area holds no 112-byte entry.
-        #expect(throws: RingError.self) { try BackRing<BlockRingX86_64>(attaching: SharedRingMemory(base: p.base, byteCount: 100)) }
+        #expect(throws: RingError.self) { _ = try BackRing<BlockRingX86_64>(attaching: SharedRingMemory(base: p.base, byteCount: 100)) }
         #expect(SharedRingMemory.ringSize(byteCount: 4096, entrySize: 112) == 32)
         #expect(SharedRingMemory.ringSize(byteCount: 4096, entrySize: 108) == 32)
         #expect(SharedRingMemory.ringSize(byteCount: 4096, entrySize: 12) == 256)
