@@ -68,11 +68,13 @@ final class TestGuest<L: RingLayout>: @unchecked Sendable where L.Request == Blo
 
 /// Runs a worker on its own thread for the duration of `body`.
 func withWorker<L: RingLayout>(_ guest: TestGuest<L>, backing: FileBacking, geometry: DiskGeometry? = nil,
-                               engine: BlockEngineKind = .default, _ body: (BlockRingWorker<SimPlatform, L>) throws -> Void) throws
+                               engine: BlockEngineKind = .default, persistentGrants: Int = 0,
+                               _ body: (BlockRingWorker<SimPlatform, L>) throws -> Void) throws
 where L.Request == BlockRequest, L.Response == BlockResponse {
     let worker = try BlockRingWorker<SimPlatform, L>(platform: guest.hv.platform(for: .dom0), frontend: guest.guest.id,
                                                      ringRefs: [guest.ringRef], remotePort: guest.port,
-                                                     backing: backing, geometry: geometry, engine: engine)
+                                                     backing: backing, geometry: geometry, engine: engine,
+                                                     persistentGrants: persistentGrants)
     let stop = eventfd(0, Int32(EFD_CLOEXEC))
     defer { close(stop) }
     let workerOutcome = WorkerOutcome()
@@ -310,33 +312,24 @@ final class WorkerOutcome: @unchecked Sendable {
     @Test func aWorkingSetLargerThanTheTableStaysCorrect() throws {
         let disk = TempDisk(megabytes: 4)
         let g = try TestGuest<BlockRingX86_64>(pages: 200)
-        let worker = try BlockRingWorker<SimPlatform, BlockRingX86_64>(
-            platform: g.hv.platform(for: .dom0), frontend: g.guest.id, ringRefs: [g.ringRef], remotePort: g.port,
-            backing: try FileBacking(path: disk.path, direct: true), engine: .libaio, persistentGrants: 16)
-        let stop = eventfd(0, Int32(EFD_CLOEXEC))
-        defer { close(stop) }
-        let workerOutcome = WorkerOutcome()
-        let thread = JoinableThread { workerOutcome.record { try worker.run(stopDescriptor: stop) } }
-        // 8 pages per request, 12 different page sets, written then read back elsewhere, 3 times.
-        let refs = try (1...96).map { try g.grant(UInt32($0)) }
-        for pass in 0..<3 {
-            for set in 0..<12 {
-                let frames = (0..<8).map { UInt32(1 + set * 8 + $0) }
-                for f in frames { g.fill(f, seed: UInt8(truncatingIfNeeded: Int(f) * 3 + pass)) }
-                let segs = frames.map { BlockSegment(grant: refs[Int($0) - 1], firstSector: 0, lastSector: 7) }
-                try g.submit([BlockRequest(operation: .write, id: UInt64(set), sectorNumber: UInt64(set * 64), segments: segs)])
-                #expect(try g.responses(1).first?.status == .okay)
-                let onDisk = disk.read(set * 64 * 512, 8 * 4096) == frames.flatMap { g.bytes($0, 0..<4096) }
-                #expect(onDisk, "pass \(pass) set \(set) written")
+        try withWorker(g, backing: try FileBacking(path: disk.path, direct: true), engine: .libaio, persistentGrants: 16) { worker in
+            // 8 pages per request, 12 different page sets, written then read back elsewhere, 3 times.
+            let refs = try (1...96).map { try g.grant(UInt32($0)) }
+            for pass in 0..<3 {
+                for set in 0..<12 {
+                    let frames = (0..<8).map { UInt32(1 + set * 8 + $0) }
+                    for f in frames { g.fill(f, seed: UInt8(truncatingIfNeeded: Int(f) * 3 + pass)) }
+                    let segs = frames.map { BlockSegment(grant: refs[Int($0) - 1], firstSector: 0, lastSector: 7) }
+                    try g.submit([BlockRequest(operation: .write, id: UInt64(set), sectorNumber: UInt64(set * 64), segments: segs)])
+                    #expect(try g.responses(1).first?.status == .okay)
+                    let onDisk = disk.read(set * 64 * 512, 8 * 4096) == frames.flatMap { g.bytes($0, 0..<4096) }
+                    #expect(onDisk, "pass \(pass) set \(set) written")
+                }
             }
+            let maps = worker.statistics.snapshot.persistentGrantMaps
+            #expect(maps >= 16 && maps <= 16 * 3, "the table filled and aged a little, never churned: \(maps) maps for 288 requests")
+            #expect(worker.statistics.snapshot.outOfResources > 0, "requests the full table could not take were counted (oo_req)")
         }
-        let maps = worker.statistics.snapshot.persistentGrantMaps
-        #expect(maps >= 16 && maps <= 16 * 3, "the table filled and aged a little, never churned: \(maps) maps for 288 requests")
-        #expect(worker.statistics.snapshot.outOfResources > 0, "requests the full table could not take were counted (oo_req)")
-        var one: UInt64 = 1
-        _ = write(stop, &one, 8)
-        thread.join()
-        try workerOutcome.get()
     }
 }
 
