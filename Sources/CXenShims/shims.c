@@ -107,3 +107,5 @@ int CXenShims_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0);
 int CXenShims_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 size_t CXenShims_heap_in_use(void) { return mallinfo2().uordblks; }
+
+int CXenShims_ioctl(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }

@@ -21,4 +21,3 @@ _Static_assert(sizeof(struct ioctl_evtchn_bind_interdomain) == 8, "bind: remote 
 size_t CXenUAPI_sizeof_map_grant_ref_header(void) { return offsetof(struct ioctl_gntdev_map_grant_ref, refs); }
 size_t CXenUAPI_sizeof_grant_copy_segment(void) { return sizeof(struct gntdev_grant_copy_segment); }
 
-int CXenUAPI_ioctl(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }

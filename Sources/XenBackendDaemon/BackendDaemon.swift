@@ -6,6 +6,7 @@ import XenNetBackend
 import XenPlatform
 import XenStore
 import XenStoreProtocol
+import XenBus
 
 /// The dom0 (or driver-domain) service: watches this domain's
 /// `backend/vbd` and `backend/vif` trees as the toolstack lays them out and

@@ -1,6 +1,8 @@
 import Foundation
 import XenBlockBackend
 import XenNetBackend
+import XenNetDevice
+import XenDisk
 
 /// xenbackd's configuration file (JSON). Every key is optional; command-line
 /// flags override it. Unknown keys and values of the wrong type or out of

@@ -9,6 +9,7 @@ import XenRing
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenDisk
 #endif
 
 /// What an operator may tune per block backend.

@@ -3,6 +3,7 @@ import XenPlatform
 import XenRing
 #if canImport(Glibc)
 import Glibc
+import XenDisk
 #endif
 
 public enum BlockBackendError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -1,10 +1,9 @@
 import XenBlockProtocol
-@_exported import XenBusDriver
+import XenBus
+import XenBusClient
 import XenPlatform
 import XenRing
-import XenSim
 import XenStore
-import XenStoreProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -94,14 +93,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// Replaced by `reconnect`.
     public private(set) var queues: [BlockFrontendQueue<Layout>]
     let xenstore: XenStoreClient
-    let domain: SimDomain
+    let domain: any GuestDomain
     let frames: Range<UInt32>
     let requested: BlockFrontendOptions
     let openEvents: () throws -> any GuestEventChannelDevice
     let timeout: Duration
 
     init(frontendPath: String, backendPath: String, disk: BlockDiskInfo, queues: [BlockFrontendQueue<Layout>],
-         xenstore: XenStoreClient, domain: SimDomain, frames: Range<UInt32>, requested: BlockFrontendOptions,
+         xenstore: XenStoreClient, domain: any GuestDomain, frames: Range<UInt32>, requested: BlockFrontendOptions,
          openEvents: @escaping () throws -> any GuestEventChannelDevice, timeout: Duration) {
         self.frontendPath = frontendPath; self.backendPath = backendPath; self.disk = disk
         self.queues = queues; self.xenstore = xenstore; self.domain = domain
@@ -110,7 +109,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// Negotiates with the backend named in `frontendPath/backend` and
     /// returns once both sides are Connected. Uses guest frames `frames`.
-    public static func connect(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
+    public static func connect(domain: any GuestDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
                                options requested: BlockFrontendOptions = BlockFrontendOptions(),
                                openEventChannels: (() throws -> any GuestEventChannelDevice)? = nil,
                                timeout: Duration = .seconds(30)) async throws -> BlockFrontend {
@@ -121,7 +120,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         }
         // In-process guests use the hypervisor directly; a guest in another
         // process passes its SimClient's device.
-        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
+        let openEvents = openEventChannels ?? { try domain.openGuestEventChannels() }
         let (disk, queues) = try await setUp(domain: domain, xenstore: xenstore, frontendPath: frontendPath, backendPath: backendPath,
                                              backendID: backendID, frames: frames, requested: requested,
                                              openEvents: openEvents, timeout: timeout)
@@ -147,7 +146,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// The handshake: wait for InitWait, size to the backend's limits, make
     /// the queues, write their keys, Initialised, wait for Connected, read the disk.
-    static func setUp(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, backendPath: String, backendID: UInt16,
+    static func setUp(domain: any GuestDomain, xenstore: XenStoreClient, frontendPath: String, backendPath: String, backendID: UInt16,
                       frames: Range<UInt32>, requested: BlockFrontendOptions,
                       openEvents: () throws -> any GuestEventChannelDevice,
                       timeout: Duration) async throws -> (BlockDiskInfo, [BlockFrontendQueue<Layout>]) {
@@ -257,7 +256,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 /// keeps persistent grants). Used from one thread at a time.
 public final class BlockFrontendQueue<Layout: RingLayout>: @unchecked Sendable
 where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
-    let domain: SimDomain
+    let domain: any GuestDomain
     let backend: DomainID
     var ring: FrontRing<Layout>
     public let ringRefs: [GrantRef]
@@ -277,7 +276,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// answers nothing; a recovering frontend wants to know soon).
     public var responseTimeoutMilliseconds: Int32 = 30_000
 
-    init(domain: SimDomain, backend: DomainID, events: any GuestEventChannelDevice, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
+    init(domain: any GuestDomain, backend: DomainID, events: any GuestEventChannelDevice, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
          indirect: Bool) throws {
         self.domain = domain
         self.backend = backend

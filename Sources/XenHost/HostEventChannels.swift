@@ -2,6 +2,7 @@ import CXenUAPI
 import XenPlatform
 #if canImport(Glibc)
 import Glibc
+import XenSystem
 #endif
 
 /// An fd of the kernel's /dev/xen/evtchn: bind/unbind/notify by ioctl,

@@ -2,6 +2,7 @@ import CXenUAPI
 import XenPlatform
 #if canImport(Glibc)
 import Glibc
+import XenSystem
 #endif
 
 /// Grant mapping and copying through the kernel's /dev/xen/gntdev:

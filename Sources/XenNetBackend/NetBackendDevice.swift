@@ -7,6 +7,7 @@ import XenPlatform
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenNetDevice
 #endif
 
 /// What an operator may tune per network backend.

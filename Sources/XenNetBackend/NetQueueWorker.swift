@@ -4,6 +4,8 @@ import XenPlatform
 import XenRing
 #if canImport(Glibc)
 import Glibc
+import XenNetDevice
+import XenNetChecksum
 #endif
 
 public enum NetBackendError: Error, Equatable, Sendable, CustomStringConvertible {

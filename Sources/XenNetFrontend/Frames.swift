@@ -1,5 +1,5 @@
-import XenNetBackend
 import XenNetProtocol
+import XenNetChecksum
 
 /// Builds and recognises the few frames the test frontend speaks: ARP,
 /// ICMP echo, UDP and TCP over IPv4 and IPv6 (TCP only for GSO tests).

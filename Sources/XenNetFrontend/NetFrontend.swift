@@ -1,11 +1,9 @@
-import XenNetBackend
-@_exported import XenBusDriver
+import XenBus
+import XenBusClient
 import XenNetProtocol
 import XenPlatform
 import XenRing
-import XenSim
 import XenStore
-import XenStoreProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -85,13 +83,13 @@ public final class NetFrontend: @unchecked Sendable {
         self.options = options; self.control = control; self.xenstore = xenstore
     }
 
-    public static func connect(domain: SimDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
+    public static func connect(domain: any GuestDomain, xenstore: XenStoreClient, frontendPath: String, frames: Range<UInt32>,
                                options requested: NetFrontendOptions = NetFrontendOptions(),
                                openEventChannels: (() throws -> any GuestEventChannelDevice)? = nil,
                                timeout: Duration = .seconds(30)) async throws -> NetFrontend {
         // In-process guests use the hypervisor directly; a guest in another
         // process passes its SimClient's device.
-        let openEvents = openEventChannels ?? { try domain.openEventChannels() }
+        let openEvents = openEventChannels ?? { try domain.openGuestEventChannels() }
         guard let backendPath = try await xenstore.readIfPresent(frontendPath + "/backend"),
               let backendIDText = try await xenstore.readIfPresent(frontendPath + "/backend-id"),
               let backendID = UInt16(backendIDText) else {
@@ -193,7 +191,7 @@ public final class NetFrontend: @unchecked Sendable {
 /// one thread at a time.
 public final class NetFrontendQueue: @unchecked Sendable {
     public let index: Int
-    let domain: SimDomain
+    let domain: any GuestDomain
     let backend: DomainID
     var txRing: FrontRing<NetTxRing>
     var rxRing: FrontRing<NetRxRing>
@@ -212,7 +210,7 @@ public final class NetFrontendQueue: @unchecked Sendable {
     /// Transmit responses seen, by status (tests read them).
     public private(set) var txResponses: [NetTxResponse] = []
 
-    init(index: Int, domain: SimDomain, backend: DomainID, events: any GuestEventChannelDevice, split: Bool,
+    init(index: Int, domain: any GuestDomain, backend: DomainID, events: any GuestEventChannelDevice, split: Bool,
          ringFrames: [UInt32], txFrames: [UInt32], rxFrames: [UInt32]) throws {
         self.index = index
         self.domain = domain
@@ -234,9 +232,9 @@ public final class NetFrontendQueue: @unchecked Sendable {
     /// A queue on guest frames `firstFrame...` (514 of them) without any
     /// xenstore handshake: for rigs that wire a backend worker to it directly
     /// (worker tests, fuzzers). Split event channels.
-    public static func standalone(domain: SimDomain, backend: DomainID, firstFrame: UInt32 = 0) throws -> NetFrontendQueue {
+    public static func standalone(domain: any GuestDomain, backend: DomainID, firstFrame: UInt32 = 0) throws -> NetFrontendQueue {
         let f = firstFrame
-        return try NetFrontendQueue(index: 0, domain: domain, backend: backend, events: try domain.openEventChannels(), split: true,
+        return try NetFrontendQueue(index: 0, domain: domain, backend: backend, events: try domain.openGuestEventChannels(), split: true,
                                     ringFrames: [f, f + 1], txFrames: Array((f + 2)..<(f + 258)), rxFrames: Array((f + 258)..<(f + 514)))
     }
 
@@ -429,7 +427,7 @@ public final class NetFrontendQueue: @unchecked Sendable {
 /// The frontend's end of the control ring, with a scratch page for keys
 /// and mapping tables.
 public final class NetFrontendControl: @unchecked Sendable {
-    let domain: SimDomain
+    let domain: any GuestDomain
     var ring: FrontRing<NetControlRing>
     public let ringRef: GrantRef
     let events: any GuestEventChannelDevice
@@ -439,7 +437,7 @@ public final class NetFrontendControl: @unchecked Sendable {
     var nextID: UInt16 = 0
     var pendingPorts = [EventChannelPort](repeating: EventChannelPort(0), count: 4)
 
-    init(domain: SimDomain, backend: DomainID, events: any GuestEventChannelDevice, frames: [UInt32]) throws {
+    init(domain: any GuestDomain, backend: DomainID, events: any GuestEventChannelDevice, frames: [UInt32]) throws {
         self.domain = domain
         ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(frames[0]), pageCount: 1))
         ringRef = try domain.grantAccess(to: backend, frame: frames[0], readOnly: false)

@@ -25,7 +25,7 @@ enum GrantFlags {
 /// makes. The hypervisor (`SimHypervisor`) reads the grant table the way
 /// Xen does, with atomic accesses, and sets the busy bits while a grant is
 /// mapped or copied.
-public final class SimDomain: @unchecked Sendable {
+public final class SimDomain: GuestDomain, @unchecked Sendable {
     public let id: DomainID
     public let pageCount: Int
     let memory: SharedPages
@@ -181,4 +181,6 @@ public final class SimDomain: @unchecked Sendable {
         guard let hypervisor else { throw .system(operation: "open", errno: ENODEV) }
         return try SimEventChannelDevice(hypervisor: hypervisor, domain: id)
     }
+
+    public func openGuestEventChannels() throws -> any GuestEventChannelDevice { try openEventChannels() }
 }

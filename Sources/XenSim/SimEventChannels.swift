@@ -163,11 +163,5 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
     }
 }
 
-/// A guest's own event channel device: what a frontend needs besides the
-/// backend's operations, EVTCHNOP_alloc_unbound for its peer to bind to.
-public protocol GuestEventChannelDevice: EventChannelDevice {
-    func allocateUnbound(remoteDomain: DomainID) throws(EventChannelError) -> EventChannelPort
-}
-
 extension SimEventChannelDevice: GuestEventChannelDevice {}
 extension RemoteEventChannelDevice: GuestEventChannelDevice {}

@@ -7,6 +7,7 @@ import XenBlockProtocol
 import XenPlatform
 import XenProcess
 import XenRingBenchmark
+import XenDisk
 
 extension BlockPattern: ExpressibleByArgument {}
 extension BlockEngineKind: ExpressibleByArgument {}

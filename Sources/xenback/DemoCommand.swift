@@ -9,6 +9,8 @@ import XenStore
 import XenStoreProtocol
 #if canImport(Glibc)
 import Glibc
+import XenBusClient
+import XenBus
 #endif
 
 struct DemoCommand: AsyncParsableCommand {

@@ -9,6 +9,7 @@ import XenSim
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenToolstack
 #endif
 
 struct FrontCommand: AsyncParsableCommand {

@@ -9,6 +9,7 @@ import XenPlatform
 import XenRingBenchmark
 #if canImport(Glibc)
 import Glibc
+import XenNetDevice
 #endif
 
 struct NetBenchCommand: AsyncParsableCommand {

@@ -7,6 +7,9 @@ import XenStore
 import XenStoreProtocol
 #if canImport(Glibc)
 import Glibc
+import XenToolstack
+import XenBusClient
+import XenBus
 #endif
 
 /// The sim's stand-in for libxl: creates guest domains on a running

@@ -4,6 +4,7 @@ import XenStore
 import XenStoreProtocol
 #if canImport(Glibc)
 import Glibc
+import XenBus
 #endif
 
 struct StatusCommand: AsyncParsableCommand {

@@ -14,6 +14,7 @@ import XenSim
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenDisk
 #endif
 
 extension PlatformKind: ExpressibleByArgument {}

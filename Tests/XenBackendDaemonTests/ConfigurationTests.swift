@@ -4,6 +4,7 @@ import XenBackendDaemon
 import XenBlockBackend
 import XenNetBackend
 import XenProtocolTesting
+import XenNetDevice
 
 @Suite struct DaemonConfigurationTests {
     func parse(_ json: String) throws(ConfigurationError) -> DaemonConfiguration {

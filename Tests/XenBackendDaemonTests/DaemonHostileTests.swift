@@ -16,6 +16,9 @@ import XenProtocolTesting
 import XenSim
 import XenStore
 import XenStoreProtocol
+import XenToolstack
+import XenBusClient
+import XenBus
 
 /// One `BackendDaemon` serving several guests' disks, one guest of which is
 /// hostile: the daemon-level rows of protocol-anchors.md §4. Each test

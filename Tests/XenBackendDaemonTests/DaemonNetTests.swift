@@ -9,6 +9,8 @@ import XenProtocolTesting
 import XenSim
 import XenStore
 import XenStoreProtocol
+import XenToolstack
+import XenBusClient
 
 @Suite(.serialized) struct DaemonNetTests {
     /// xenbackd serves a VIF the toolstack attaches: its TAP joins the bridge

@@ -9,6 +9,8 @@ import XenProtocolTesting
 import XenSim
 import XenStore
 import XenProcess
+import XenToolstack
+import XenBusClient
 
 typealias Child = ChildProcess
 

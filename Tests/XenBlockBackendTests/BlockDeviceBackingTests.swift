@@ -9,6 +9,7 @@ import XenPlatform
 import XenProtocolTesting
 import XenSim
 import XenStore
+import XenToolstack
 
 /// Runs a command, throwing with its output when it fails.
 @discardableResult

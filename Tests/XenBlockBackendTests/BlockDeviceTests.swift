@@ -12,6 +12,8 @@ import XenSim
 import XenStore
 import XenProtocolTesting
 import XenBlockTestbed
+import XenToolstack
+import XenBusClient
 
 /// The tests' simulated host (hypervisor, xenstored, both sides' xenstore).
 typealias SimHost = SimBlockHost

@@ -11,6 +11,8 @@ import XenPlatform
 import XenRing
 import XenSim
 import XenStore
+import XenToolstack
+import XenBusClient
 
 /// A hostile frontend against the whole block backend (xenbus, rings,
 /// grants, I/O), one test per row of protocol-anchors.md §4 that concerns

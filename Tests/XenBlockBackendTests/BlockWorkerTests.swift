@@ -10,6 +10,7 @@ import XenPlatform
 import XenRing
 import XenSim
 import XenProtocolTesting
+import XenDisk
 
 struct Timeout: Error {}
 

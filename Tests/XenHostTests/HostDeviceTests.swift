@@ -5,6 +5,7 @@ import XenPlatform
 @testable import XenHost
 #if canImport(Glibc)
 import Glibc
+import XenSystem
 #endif
 
 func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }

@@ -4,6 +4,7 @@ import XenNetFrontend
 import XenNetProtocol
 import XenNetTestbed
 import XenProtocolTesting
+import XenNetDevice
 
 /// The Microsoft RSS verification key and one of its published vectors:
 /// 66.9.149.187:2794 → 161.142.100.80:1766 hashes to 0x323e8fc2 over the

@@ -13,6 +13,9 @@ import XenProtocolTesting
 import XenSim
 import XenStore
 import XenStoreProtocol
+import XenNetDevice
+import XenBusClient
+import XenBus
 
 let guestMAC: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56]
 

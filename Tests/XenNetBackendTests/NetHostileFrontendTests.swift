@@ -11,6 +11,8 @@ import XenProtocolTesting
 import XenRing
 import XenSim
 import XenStoreProtocol
+import XenNetDevice
+import XenBus
 
 /// Slots of one UDP frame to the peer: the first carries `firstBytes` of
 /// it, each fragment `fragmentSize` (page `200 + i`). Returns the slots

@@ -4,6 +4,8 @@ import XenNetFrontend
 import XenNetProtocol
 import XenNetTestbed
 import XenProtocolTesting
+import XenNetDevice
+import XenNetChecksum
 
 func randomBytes(_ n: Int, seed: UInt64) -> [UInt8] {
     var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1

@@ -7,6 +7,7 @@ import XenNetFrontend
 import XenNetProtocol
 import XenPlatform
 import XenSim
+import XenNetDevice
 
 /// A queue worker wired straight to a frontend queue in a sim guest, with a
 /// datagram socket pair standing in for the TAP: each pass is driven by the

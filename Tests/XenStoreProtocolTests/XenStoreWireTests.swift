@@ -1,6 +1,7 @@
 import Testing
 import XenProtocolTesting
 import XenStoreProtocol
+import XenBus
 
 @Suite struct XenStoreWireTests {
     @Test func headerAndConstantsMatchXsWire() throws {

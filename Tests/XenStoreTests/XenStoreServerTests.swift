@@ -6,7 +6,6 @@ import NIOPosix
 import Testing
 import XenProtocolTesting
 @testable import XenStore
-import XenFuzzing
 import XenStoreProtocol
 
 /// A server on a fresh socket for one test.
@@ -149,14 +148,6 @@ func readLine(from pipe: UnsafeMutablePointer<FILE>) -> String? {
     guard fgets(&buffer, Int32(buffer.count), pipe) != nil else { return nil }
     let line = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return line.hasSuffix("\n") ? String(line.dropLast()) : line
-}
-
-@Suite struct XenStoreServerFuzzReplayTests {
-    @Test func engineSeedsAndRegressions() {
-        let inputs = fuzzInputs(target: "FuzzXenStoreServer")
-        #expect(inputs.count > 20, "seed corpus present")
-        for input in inputs { input.bytes.withUnsafeBytes { XenStoreServerFuzzer.run($0) } }
-    }
 }
 
 @Suite struct XenbusDeviceTransportTests {

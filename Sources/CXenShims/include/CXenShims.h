@@ -49,4 +49,7 @@ int CXenShims_O_DIRECT(void);
 /// Bytes the C heap has handed out and not had back (mallinfo2's uordblks):
 /// tests bound a component's memory with it.
 size_t CXenShims_heap_in_use(void);
+/// ioctl(2) is variadic, which Swift cannot call. Only XenSystem's funnel
+/// calls it (tools/check-layering.sh enforces that).
+int CXenShims_ioctl(int fd, unsigned long request, void *argument);
 #endif

@@ -29,8 +29,6 @@ static const unsigned int CXenUAPI_UNMAP_NOTIFY_SEND_EVENT = UNMAP_NOTIFY_SEND_E
 static const uint16_t CXenUAPI_GNTCOPY_SOURCE_GREF = 1;
 static const uint16_t CXenUAPI_GNTCOPY_DEST_GREF = 2;
 
-/// ioctl(2) is variadic, which Swift cannot call.
-int CXenUAPI_ioctl(int fd, unsigned long request, void *argument);
 size_t CXenUAPI_sizeof_map_grant_ref_header(void);
 size_t CXenUAPI_sizeof_grant_copy_segment(void);
 #endif

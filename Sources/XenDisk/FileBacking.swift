@@ -77,13 +77,13 @@ public final class FileBacking: @unchecked Sendable {
 
     /// /sys/dev/block/MAJOR:MINOR/queue/ for a device number (glibc's
     /// gnu_dev_major/minor split).
-    static func sysfsQueue(device dev: UInt64) -> String {
+    package static func sysfsQueue(device dev: UInt64) -> String {
         let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
         let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
         return "/sys/dev/block/\(major):\(minor)/queue/"
     }
 
-    static func sysfsNumber(_ path: String) -> Int? {
+    package static func sysfsNumber(_ path: String) -> Int? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }

@@ -8,6 +8,7 @@ import XenSim
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenToolstack
 #endif
 
 /// The simulated host (`SimGuestHost`) with block-device helpers: tests,

@@ -1,4 +1,4 @@
-import CXenUAPI
+import CXenShims
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -57,42 +57,46 @@ public final class SyscallMock: @unchecked Sendable {
 }
 
 /// An errno value from a failed call.
-struct Errno: Error, Equatable {
-    let code: Int32
-    init(_ code: Int32) { self.code = code }
+public struct Errno: Error, Equatable, Sendable, CustomStringConvertible {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
+    public var description: String { String(cString: strerror(code)) }
 }
 
-/// The one place XenHost calls the kernel. Every call retries on EINTR and
-/// returns a Result carrying errno; in debug builds a task-local
-/// `SyscallMock` can stand in for the kernel.
-enum Syscall {
-    static func open(_ path: String, _ flags: Int32) -> Result<Int32, Errno> {
+/// The one place the project calls the kernel on descriptors and memory it
+/// owns: every call retries on EINTR and returns a Result carrying errno; in
+/// debug builds a task-local `SyscallMock` can stand in for the kernel.
+/// EFAULT and EBADF mean a bug in our own code (a pointer or descriptor we
+/// got wrong), never a runtime condition, so they stop the process, naming
+/// the call (as swift-nio's funnel does).
+public enum Syscall {
+    public static func open(_ path: String, _ flags: Int32) -> Result<Int32, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { return mocked(mock, .open(path: path, flags: flags), nil).map { Int32($0) } }
         #endif
-        return retrying { Glibc.open(path, flags) }
+        return retrying("open") { Glibc.open(path, flags) }
     }
 
-    static func close(_ fd: Int32) {
+    public static func close(_ fd: Int32) {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.close(fd: fd), nil); return }
         #endif
-        _ = Glibc.close(fd)
+        if Glibc.close(fd) != 0 { failOnOwnBug("close", errno) }
     }
 
     /// `argument` points at a struct of `size` bytes that the kernel reads
     /// and may write; the caller owns it for the duration of the call.
-    static func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, size: Int) -> Result<Int32, Errno> {
+    public static func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, size: Int) -> Result<Int32, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
             let bytes = argument.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
             return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), argument).map { Int32($0) }
         }
         #endif
-        return retrying { CXenUAPI_ioctl(fd, request, argument) }
+        return retrying("ioctl") { CXenShims_ioctl(fd, request, argument) }
     }
 
-    static func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
+    public static func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
             switch mock.record(.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset), nil) {
@@ -104,39 +108,51 @@ enum Syscall {
         }
         #endif
         let p = Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
-        return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            failOnOwnBug("mmap", e)
+            return .failure(Errno(e))
+        }
+        return .success(p)
     }
 
-    static func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
+    public static func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.munmap(length: length), address) }
         #endif
-        _ = Glibc.munmap(address, length)
+        if Glibc.munmap(address, length) != 0 { failOnOwnBug("munmap", errno) }
     }
 
-    static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Result<Int, Errno> {
+    public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { return mocked(mock, .read(fd: fd, count: count), buffer) }
         #endif
-        return retrying { Glibc.read(fd, buffer, count) }
+        return retrying("read") { Glibc.read(fd, buffer, count) }
     }
 
-    static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Result<Int, Errno> {
+    public static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
             return mocked(mock, .write(fd: fd, bytes: Array(UnsafeRawBufferPointer(start: buffer, count: count))), nil)
         }
         #endif
-        return retrying { Glibc.write(fd, buffer, count) }
+        return retrying("write") { Glibc.write(fd, buffer, count) }
     }
 
-    private static func retrying<T: BinaryInteger>(_ call: () -> T) -> Result<T, Errno> {
+    static func retrying<T: BinaryInteger>(_ name: StaticString, _ call: () -> T) -> Result<T, Errno> {
         while true {
             let r = call()
             if r >= 0 { return .success(r) }
             let e = errno
-            if e != EINTR { return .failure(Errno(e)) }
+            if e == EINTR { continue }
+            failOnOwnBug(name, e)
+            return .failure(Errno(e))
         }
+    }
+
+    /// EFAULT and EBADF: our pointer or descriptor was wrong.
+    static func failOnOwnBug(_ name: StaticString, _ e: Int32) {
+        precondition(e != EFAULT && e != EBADF, "\(name) failed with \(e == EFAULT ? "EFAULT" : "EBADF"): a bug in xenback")
     }
 
     #if ENABLE_MOCKING
@@ -151,4 +167,11 @@ enum Syscall {
         }
     }
     #endif
+}
+
+extension Syscall {
+    /// memfd_create(2) with MFD_CLOEXEC: anonymous memory with a descriptor.
+    public static func memfdCreate(_ name: String) -> Result<Int32, Errno> {
+        retrying("memfd_create") { CXenShims_memfd_create(name, CXenShims_MFD_CLOEXEC) }
+    }
 }

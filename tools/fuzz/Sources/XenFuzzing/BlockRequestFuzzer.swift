@@ -1,4 +1,5 @@
-import CXenShims
+import XenDisk
+import XenSystem
 import XenBlockBackend
 import XenBlockProtocol
 import XenPlatform
@@ -19,8 +20,7 @@ import Glibc
 public enum BlockRequestFuzzer {
     /// A 1 MiB disk in a memfd, shared by all runs (its contents do not matter).
     static let disk: FileBacking? = {
-        let fd = CXenShims_memfd_create("xenback-fuzz-disk", 0)
-        guard fd >= 0, ftruncate(fd, 1 << 20) == 0 else { return nil }
+        guard let fd = try? Syscall.memfdCreate("xenback-fuzz-disk").get(), ftruncate(fd, 1 << 20) == 0 else { return nil }
         return try? FileBacking(path: "/proc/self/fd/\(fd)")
     }()
 

@@ -7,6 +7,8 @@ import XenSim
 import XenStore
 #if canImport(Glibc)
 import Glibc
+import XenToolstack
+import XenNetDevice
 #endif
 
 /// The simulated host (`SimGuestHost`) with network-device helpers:

@@ -35,14 +35,14 @@ public enum BlockIOError: Error, Equatable, Sendable, CustomStringConvertible {
 /// and reaped as (tag, result) pairs, result being bytes moved or -errno.
 /// Holds at most `depth` operations; owned by one thread. Dispatch is a
 /// switch over the kind, not an existential, so the data path stays direct.
-final class BlockIOEngine {
+package final class BlockIOEngine {
     /// readv/writev: `buffer` is an iovec array, `length` its count.
-    enum Operation: Int32 { case read = 0, write = 1, fdatasync = 2, readv = 3, writev = 4 }
+    package enum Operation: Int32 { case read = 0, write = 1, fdatasync = 2, readv = 3, writev = 4 }
 
-    let kind: BlockEngineKind
-    let depth: Int
+    package let kind: BlockEngineKind
+    package let depth: Int
     /// Readable when completions are waiting (-1 for sync: never needed).
-    let completionDescriptor: Int32
+    package let completionDescriptor: Int32
     private var aio: OpaquePointer?
     private var uring: OpaquePointer?
     /// Reap buffers, and for sync the completed-but-unreaped operations.
@@ -51,7 +51,7 @@ final class BlockIOEngine {
     /// sync: a queue of completed operations in tags/results.
     private var syncHead = 0, syncCount = 0
 
-    init(kind: BlockEngineKind, depth: Int) throws(BlockIOError) {
+    package init(kind: BlockEngineKind, depth: Int) throws(BlockIOError) {
         self.kind = kind
         self.depth = depth
         switch kind {
@@ -78,7 +78,7 @@ final class BlockIOEngine {
     /// Tears the kernel context down: libaio waits for what is in flight,
     /// io_uring cancels it. Workers drain first; this is the backstop that
     /// runs before their buffers are freed. Idempotent.
-    func shutdown() {
+    package func shutdown() {
         if let aio { CXenAIO_aio_destroy(aio) }
         if let uring { CXenAIO_uring_destroy(uring) }
         aio = nil
@@ -96,7 +96,7 @@ final class BlockIOEngine {
     /// workers never hold more operations than slots).
     /// SAFETY: `buffer` must stay valid until the operation is reaped.
     @inline(__always)
-    func prepare(_ operation: Operation, fd: Int32, buffer: UnsafeMutableRawPointer?, length: Int, offset: UInt64, tag: UInt64) -> Bool {
+    package func prepare(_ operation: Operation, fd: Int32, buffer: UnsafeMutableRawPointer?, length: Int, offset: UInt64, tag: UInt64) -> Bool {
         switch kind {
         case .sync:
             guard syncCount < depth else { return false }
@@ -114,7 +114,7 @@ final class BlockIOEngine {
 
     /// Hands everything prepared to the kernel.
     @inline(__always)
-    func submit() throws(BlockIOError) {
+    package func submit() throws(BlockIOError) {
         let rc: Int32
         switch kind {
         case .sync: return
@@ -126,7 +126,7 @@ final class BlockIOEngine {
 
     /// Whether a `reap` would find something, without a system call.
     @inline(__always)
-    var hasCompletions: Bool {
+    package var hasCompletions: Bool {
         switch kind {
         case .sync: syncCount > 0
         case .libaio: CXenAIO_aio_ready(aio) != 0
@@ -137,7 +137,7 @@ final class BlockIOEngine {
     /// Calls `body` for every finished operation, without blocking; returns
     /// how many. `body` may prepare new operations.
     @inline(__always)
-    func reap(_ body: (_ tag: UInt64, _ result: Int64) -> Void) -> Int {
+    package func reap(_ body: (_ tag: UInt64, _ result: Int64) -> Void) -> Int {
         if completionDescriptor >= 0 {
             // Reset the counter before looking, so a completion after the
             // look makes the descriptor readable again.

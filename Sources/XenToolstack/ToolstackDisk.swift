@@ -1,4 +1,4 @@
-import XenBusDriver
+import XenBus
 import XenPlatform
 import XenStore
 import XenStoreProtocol

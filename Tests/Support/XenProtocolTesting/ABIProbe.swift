@@ -49,7 +49,7 @@ public struct ABIProbe: Sendable {
 /// The checkout's root, found from this file's location.
 public let repositoryRoot: String = {
     var path = #filePath
-    for _ in 0..<3 { path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) }
+    for _ in 0..<4 { path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) }
     return path
 }()
 
@@ -105,33 +105,6 @@ public struct GoldenVectors: Sendable {
         vectors = v
     }
     public subscript(name: String) -> [UInt8]? { vectors[name] }
-}
-
-/// The committed inputs of a fuzz target: tools/fuzz/seeds/TARGET and
-/// tools/fuzz/regressions/TARGET (every crash ever found), by file name.
-public func fuzzInputs(target: String) -> [(name: String, bytes: [UInt8])] {
-    var inputs: [(String, [UInt8])] = []
-    for folder in ["seeds", "regressions"] {
-        let dir = repositoryRoot + "/tools/fuzz/\(folder)/\(target)"
-        guard let d = opendir(dir) else { continue }
-        defer { closedir(d) }
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard !name.hasPrefix("."), let f = fopen(dir + "/" + name, "rb") else { continue }
-            var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = fread(&buffer, 1, buffer.count, f)
-                if n <= 0 { break }
-                bytes += buffer[0..<n]
-            }
-            fclose(f)
-            inputs.append(("\(folder)/\(name)", bytes))
-        }
-    }
-    return inputs.sorted { $0.0 < $1.0 }
 }
 
 /// The path of product `name` built next to the running test binary
