@@ -13,7 +13,7 @@ public enum BlockEngineKind: String, Sendable, CaseIterable, CustomStringConvert
     /// io_uring through liburing, completions signalled on an eventfd.
     case ioUring = "io_uring"
 
-    /// Chosen by measurement: README "Block backend" has the figures.
+    /// Chosen by measurement: docs/block-backend.md has the figures.
     public static var `default`: BlockEngineKind { .libaio }
 
     public var description: String { rawValue }

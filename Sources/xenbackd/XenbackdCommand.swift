@@ -45,7 +45,7 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "The backend domain this daemon runs in.")
     var domain: UInt16 = 0
 
-    @Option(help: "Configuration file (JSON; see the README). Default: /etc/xenback/xenbackd.json if it exists. SIGHUP re-reads it.")
+    @Option(help: "Configuration file (JSON; see docs/xenbackd.md). Default: /etc/xenback/xenbackd.json if it exists. SIGHUP re-reads it.")
     var config: String?
 
     @Option(help: "Block I/O engine: libaio, io_uring or sync (default libaio).")
