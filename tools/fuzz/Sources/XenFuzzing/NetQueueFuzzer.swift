@@ -1,4 +1,5 @@
 import XenNetBackend
+import XenNetDevice
 import XenNetProtocol
 import XenPlatform
 import XenRing

@@ -1,4 +1,5 @@
 import XenStoreProtocol
+import XenBus
 
 /// Any bytes from a xenstore peer: the decoder yields messages or a
 /// payload-too-long error, never a crash, and never buffers more than one
