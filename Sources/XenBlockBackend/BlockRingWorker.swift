@@ -1,6 +1,7 @@
 import XenBlockProtocol
 import XenPlatform
 import XenRing
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenDisk
@@ -32,18 +33,21 @@ public enum BlockBackendError: Error, Equatable, Sendable, CustomStringConvertib
 /// tables and grant-copy batches are made at init. Owned by one thread (the
 /// one that calls `run` or `processRing`); only `statistics` may be read
 /// from others.
-public final class BlockRingWorker<Platform: XenPlatform, Layout: RingLayout>: @unchecked Sendable
+public final class BlockRingWorker<Platform: XenPlatform, Layout: RingLayout>: EventPortServing, @unchecked Sendable
 where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public let frontend: DomainID
     public let geometry: DiskGeometry
     public let statistics: BlockStatistics
-    public let port: EventChannelPort
+    public var port: EventChannelPort { binding.port }
     public var engineKind: BlockEngineKind { engine.kind }
     let platform: Platform
     let backing: FileBacking
-    let ringMapping: GrantMapping
+    /// The guest's ring pages, mapped until `releaseGuestResources`.
+    var ringMapping: OwnedGrantMapping<Platform.Grants>
+    /// Reads and writes the shared ring in `ringMapping`.
     var ring: BackRing<Layout>
     let events: Platform.Events
+    var binding: OwnedEventPort<Platform.Events>
     let engine: BlockIOEngine
 
     /// A request between being taken off the ring and being answered.
@@ -68,7 +72,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     let freeSlots: UnsafeMutableBufferPointer<Int>
     var freeSlotCount: Int
     /// Slot i's data: `maximumSegments` pages at `bounce + i * slotBytes`,
-    /// reserved with mmap so only pages that were used take memory.
+    /// reserved so only pages that were used take memory.
+    let bounceMemory: MappedMemory
+    /// `bounceMemory.base`: valid while the worker lives.
     let bounce: UnsafeMutableRawPointer
     let slotBytes: Int
     /// Slot i's segments at `segmentTable[i * maximumSegments...]`.
@@ -104,38 +110,33 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         statistics = BlockStatistics()
         let geometry = geometry ?? backing.geometry
         self.geometry = geometry
-        let mapping: GrantMapping
-        do { mapping = try platform.grants.map(ringRefs, of: frontend, writable: true) } catch { throw .grant(error) }
+        // Each step's resources are owned values: if a later step throws,
+        // what the earlier ones took is released as they are dropped.
+        do { ringMapping = try OwnedGrantMapping(ringRefs, of: frontend, writable: true, through: platform.grants) } catch {
+            throw .grant(error)
+        }
         do {
-            ring = try BackRing(attaching: try SharedRingMemory(base: mapping.base, pageCount: ringRefs.count))
+            ring = try BackRing(attaching: try SharedRingMemory(base: ringMapping.base, pageCount: ringRefs.count))
         } catch {
-            try? platform.grants.unmap(mapping)
             throw .ring(error)
         }
         slotCount = Int(ring.size)
-        do { engine = try BlockIOEngine(kind: engineKind, depth: slotCount) } catch {
-            try? platform.grants.unmap(mapping)
-            throw .io(error)
-        }
-        let events: Platform.Events
-        let port: EventChannelPort
+        do { engine = try BlockIOEngine(kind: engineKind, depth: slotCount) } catch { throw .io(error) }
         do {
             events = try platform.openEventChannels()
-            port = try events.bindInterdomain(remoteDomain: frontend, remotePort: remotePort)
+            binding = try OwnedEventPort(bindingTo: remotePort, of: frontend, on: events)
         } catch {
-            try? platform.grants.unmap(mapping)
             throw .eventChannel(error)
         }
-        ringMapping = mapping
-        self.events = events
-        self.port = port
         // Never more than 8 indirect pages' worth, whatever was configured.
         maximumSegments = max(BlockLimits.maxSegmentsPerRequest,
                               min(geometry.maximumIndirectSegments, BlockLimits.maxIndirectPagesPerRequest * BlockLimits.segmentsPerIndirectPage))
         slotBytes = maximumSegments * 4096
-        let arena = mmap(nil, slotCount * slotBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        precondition(arena != MAP_FAILED && arena != nil, "cannot reserve \(slotCount * slotBytes) bytes of bounce buffers")
-        bounce = arena!
+        // Reserved, not committed: only fails when the address space is full.
+        do { bounceMemory = try MappedMemory(anonymous: slotCount * slotBytes) } catch {
+            preconditionFailure("cannot reserve \(slotCount * slotBytes) bytes of bounce buffers: \(error)")
+        }
+        bounce = bounceMemory.base
         // Huge pages where the kernel has them: a large request's bounce buffer
         // is then physically contiguous, one segment for the disk, not 256.
         _ = madvise(bounce, slotCount * slotBytes, MADV_HUGEPAGE)
@@ -167,14 +168,13 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // Anything still in flight (a worker dropped without run/drain) is
         // waited for by the engine's teardown before its pages go.
         engine.shutdown()
-        try? events.unbind(port)
-        try? platform.grants.unmap(ringMapping)
+        binding.release()
+        ringMapping.release()
         persistentGrants?.unmapAll()
     }
 
     deinit {
         releaseGuestResources()
-        munmap(bounce, slotCount * slotBytes)
         iovecs.deallocate()
         slots.deallocate()
         freeSlots.deallocate()
@@ -233,12 +233,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// again resumes it.
     @discardableResult
     public func run(stopDescriptor: Int32, parkAfterMilliseconds: Int = 0) throws(BlockBackendError) -> WorkerExit {
-        var fds = [pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopDescriptor, events: Int16(POLLIN), revents: 0)]
+        var wakeups = WorkerPollSet(eventChannel: events.fileDescriptor, stop: stopDescriptor, others: [engine.completionDescriptor])
+        var holds = EventPortHolds(for: self)
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 16)
-        var throttle = SpuriousEventThrottle()
-        var consumedAtLastEvent = ring.requestConsumer
         while true {
             do { try processRing() } catch {
                 drain()
@@ -248,43 +245,43 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             // take more until I/O completes (a completion wakes us then).
             if canTakeRequests && ring.finalCheckForRequests() { continue }
             if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
-            for i in fds.indices { fds[i].revents = 0 }
-            let now = monotonicNanoseconds()
-            if throttle.holdExpired(now: now) { try? events.unmask(port) }
-            // A port held masked is not idle: the hold's end must unmask it.
-            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted && throttle.unmaskAt == nil
+            let holdEnds = holds.unmaskExpired(now: monotonicNanoseconds(), worker: self, events: events)
+            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted && holdEnds == nil
             // A refused submission is retried after a millisecond.
             var timeout: Int32 = submissionPending ? 1 : (idle && parkAfterMilliseconds > 0 ? Int32(clamping: parkAfterMilliseconds) : -1)
-            if let hold = throttle.millisecondsUntilUnmask(now: now) { timeout = timeout < 0 ? hold : min(timeout, hold) }
-            let n = poll(&fds, 3, timeout)
-            if n < 0 && errno == EINTR { continue }
-            if n == 0 && idle && parkAfterMilliseconds > 0 { return .idle }
-            if fds[2].revents != 0 {
+            if let holdEnds { timeout = timeout < 0 ? holdEnds : min(timeout, holdEnds) }
+            switch wakeups.wait(timeoutMilliseconds: timeout) {
+            case .timedOut where idle && parkAfterMilliseconds > 0:
+                return .idle
+            case .stop:
                 drain()
                 return .stopped
+            case .timedOut, .ready:
+                break
             }
-            if fds[0].revents != 0 {
-                // Take and re-enable the port before looking at the ring, so
-                // a kick during processing is not lost.
-                let taken: Int
-                do { taken = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try events.takePending(into: b) } }
+            if wakeups.eventsPending {
+                // Taken and re-enabled before the next pass looks at the
+                // ring, so a kick during that pass is not lost.
+                let spurious: Int
+                do { spurious = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try holds.takeEvents(from: events, into: b, worker: self) } }
                 catch { drain(); throw .eventChannel(error) }
-                if taken > 0 {
-                    // Work: requests taken since the last event (an honest
-                    // kick often arrives after our final check already took
-                    // its request), or requests we can take now. Kicks while
-                    // every slot is busy bring nothing: completions wake us.
-                    let foundWork = ring.requestConsumer != consumedAtLastEvent || (canTakeRequests && ring.unconsumedRequests() > 0)
-                    consumedAtLastEvent = ring.requestConsumer
-                    if !foundWork { statistics.add(statistics.spuriousEvents) }
-                    if throttle.recordWake(foundWork: foundWork, now: monotonicNanoseconds()) { try? events.unmask(port) }
-                }
+                if spurious > 0 { statistics.add(statistics.spuriousEvents, UInt64(spurious)) }
             }
         }
     }
 
     /// What wakes a parked worker: its event channel device.
     public var wakeDescriptors: [Int32] { [events.fileDescriptor] }
+
+    // MARK: Events (XSA-332)
+
+    public enum PortRole: Int, EventPortRole { case ring }
+
+    public func role(of port: EventChannelPort) -> PortRole? { port == self.port ? .ring : nil }
+    public func port(of role: PortRole) -> EventChannelPort? { port }
+    public func requestsConsumed(by role: PortRole) -> UInt32 { ring.requestConsumer.rawValue }
+    /// Kicks while every slot is busy bring nothing: completions wake us.
+    public func hasWork(for role: PortRole) -> Bool { canTakeRequests && ring.unconsumedRequests() > 0 }
 
     /// Watches for completions and new requests for up to `pollNanoseconds`;
     /// true if something turned up.

@@ -20,13 +20,15 @@ public struct NetControlSetup: Sendable, Equatable {
 final class NetControlService<Platform: XenPlatform> {
     let platform: Platform
     let frontend: DomainID
-    let mapping: GrantMapping
+    /// The guest's control ring page, mapped until `release`.
+    var mapping: OwnedGrantMapping<Platform.Grants>
     var ring: BackRing<NetControlRing>
     let events: Platform.Events
-    let port: EventChannelPort
+    var binding: OwnedEventPort<Platform.Events>
+    var port: EventChannelPort { binding.port }
     let queueCount: Int
     let settings: HashState
-    /// One page for keys and tables copied from the guest.
+    /// One page for keys and tables copied from the guest; owned here.
     let scratch: UnsafeMutableRawPointer
 
     init(platform: Platform, frontend: DomainID, setup: NetControlSetup, events: Platform.Events,
@@ -36,23 +38,23 @@ final class NetControlService<Platform: XenPlatform> {
         self.events = events
         self.queueCount = queueCount
         self.settings = settings
-        let m: GrantMapping
-        do { m = try platform.grants.map([setup.ringRef], of: frontend, writable: true) } catch { throw .grant(error) }
-        do { ring = try BackRing(attaching: SharedRingMemory(base: m.base, pageCount: 1)) } catch {
-            try? platform.grants.unmap(m)
-            throw .ring(error)
+        // Owned values: a step that throws releases what earlier ones took.
+        do { mapping = try OwnedGrantMapping([setup.ringRef], of: frontend, writable: true, through: platform.grants) } catch {
+            throw .grant(error)
         }
-        do { port = try events.bindInterdomain(remoteDomain: frontend, remotePort: setup.remotePort) } catch {
-            try? platform.grants.unmap(m)
-            throw .eventChannel(error)
-        }
-        mapping = m
+        do { ring = try BackRing(attaching: SharedRingMemory(base: mapping.base, pageCount: 1)) } catch { throw .ring(error) }
+        do { binding = try OwnedEventPort(bindingTo: setup.remotePort, of: frontend, on: events) } catch { throw .eventChannel(error) }
         scratch = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
     }
 
+    /// Unbinds and unmaps now (the queue is stopping); safe to repeat.
     func release() {
-        try? events.unbind(port)
-        try? platform.grants.unmap(mapping)
+        binding.release()
+        mapping.release()
+    }
+
+    deinit {
+        release()
         scratch.deallocate()
     }
 

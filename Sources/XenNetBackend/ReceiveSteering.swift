@@ -4,6 +4,7 @@ import Glibc
 import CXenShims
 import Synchronization
 import XenNetProtocol
+import XenSystem
 
 /// A frame queued for the guest, prepared once (offloads, filter, hash).
 struct ReceiveEntry {
@@ -29,8 +30,9 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
     final class Inbox: @unchecked Sendable {
         static var capacity: Int { 64 }
         let stride: Int
-        /// `capacity` frames of `stride` bytes, reserved (pages used only when touched);
-        /// owned by the inbox until deinit.
+        /// `capacity` frames of `stride` bytes, reserved (pages used only
+        /// when touched); `frames` is its base, valid while the inbox lives.
+        let memory: MappedMemory
         let frames: UnsafeMutableRawPointer
         let entries: UnsafeMutableBufferPointer<ReceiveEntry>
         let state = Mutex<(head: Int, count: Int)>((0, 0))
@@ -39,14 +41,14 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
 
         init(stride: Int) {
             self.stride = stride
-            frames = reservePacketMemory(Self.capacity * stride)
+            memory = reservePacketMemory(Self.capacity * stride)
+            frames = memory.base
             entries = .allocate(capacity: Self.capacity)
             entries.initialize(repeating: ReceiveEntry())
             wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         }
 
         deinit {
-            munmap(frames, Self.capacity * stride)
             entries.deallocate()
             close(wake)
         }
