@@ -90,14 +90,8 @@ public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertibl
     }
 }
 
-/// The rings a device is serving, seen from the control side.
-protocol BlockRingService: AnyObject, Sendable {
-    func run(stopDescriptor: Int32, parkAfterMilliseconds: Int) throws(BlockBackendError) -> WorkerExit
-    var wakeDescriptors: [Int32] { get }
-    var statistics: BlockStatistics { get }
-    func releaseGuestResources()
-}
-extension BlockRingWorker: BlockRingService {}
+extension BlockDeviceError: XenbusKeyError {}
+extension BlockRingWorker: ServedRing {}
 
 /// What was negotiated with the frontend (for status displays and tests).
 public struct BlockNegotiation: Sendable, Equatable {
@@ -125,13 +119,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     let configuration: BlockBackendConfiguration
     let logger: Logger
 
-    struct Running {
-        var workers: [any BlockRingService] = []
-        var threads: RingWorkerGroup?
-        var negotiation: BlockNegotiation?
-        var retired = BlockStatistics.Snapshot.zero
-    }
-    private let running = Mutex(Running())
+    let rings = ServedRings<BlockCounter>()
+    private let negotiated = Mutex<BlockNegotiation?>(nil)
 
     public init(platform: Platform, xenstore: XenStoreClient, backendPath: String,
                 configuration: BlockBackendConfiguration = BlockBackendConfiguration(), logger: Logger) {
@@ -145,15 +134,13 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     }
 
     /// Ring workers on a thread now (idle rings are parked without one).
-    public var runningWorkerThreads: Int { running.withLock { $0.threads?.runningThreads ?? 0 } }
+    public var runningWorkerThreads: Int { rings.runningThreads }
 
     /// The device's counters, summed over its rings (past connections included).
-    public var statistics: BlockStatistics.Snapshot {
-        running.withLock { r in r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot } }
-    }
+    public var statistics: BlockStatistics.Snapshot { rings.statistics }
 
     /// What the current connection negotiated; nil while not connected.
-    public var negotiation: BlockNegotiation? { running.withLock { $0.negotiation } }
+    public var negotiation: BlockNegotiation? { negotiated.withLock { $0 } }
 
     // MARK: Lifecycle
 
@@ -172,32 +159,22 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         logger.info("backing \(setup.backing.path) opened", metadata: [
             "sectors": "\(setup.backing.geometry.sectors)", "mode": "\(setup.readOnly ? "r" : "w")",
             "direct": "\(setup.backing.isDirect)"])
-        let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.frontendPath, logger: logger)
+        let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
         try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() })
     }
 
     // MARK: Setup (toolstack keys)
 
     struct Setup: Sendable {
-        var frontendPath: String
-        var frontendID: DomainID
+        var keys: DeviceKeys<BlockDeviceError>
         var backing: FileBacking
         var readOnly: Bool
         var info: VirtualDiskInfo
     }
 
-    private func key(_ name: String) async throws -> String? {
-        try await xenstore.readIfPresent(backendPath + "/" + name)
-    }
-
     private func readSetup() async throws -> Setup {
-        guard let frontendPath = try await key("frontend"), !frontendPath.isEmpty else {
-            throw BlockDeviceError.badKey(path: backendPath + "/frontend", value: nil, why: "the toolstack names the frontend directory here")
-        }
-        let frontendIDText = try await key("frontend-id")
-        guard let frontendIDText, let frontendID = UInt16(frontendIDText) else {
-            throw BlockDeviceError.badKey(path: backendPath + "/frontend-id", value: frontendIDText, why: "expected a domain id")
-        }
+        let keys = try await DeviceKeys<BlockDeviceError>(xenstore: xenstore, backendPath: backendPath)
+        func key(_ name: String) async throws -> String? { try await keys.backend(name) }
         // libxl writes the target in `params`; a hotplug script may resolve
         // it to `physical-device-path`.
         let path: String
@@ -222,9 +199,9 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         }
         var info: VirtualDiskInfo = readOnly ? .readOnly : []
         // blkback takes cdrom from the frontend's device-type, as libxl writes it there.
-        if try await xenstore.readIfPresent(frontendPath + "/device-type") == "cdrom" { info.insert(.cdrom) }
+        if try await keys.frontend("device-type") == "cdrom" { info.insert(.cdrom) }
         if try await key("removable") == "1" { info.insert(.removable) }
-        return Setup(frontendPath: frontendPath, frontendID: DomainID(frontendID), backing: backing, readOnly: readOnly, info: info)
+        return Setup(keys: keys, backing: backing, readOnly: readOnly, info: info)
     }
 
     /// What blkfront reads before it sets up its rings (Linux writes these at probe).
@@ -238,72 +215,60 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
 
     // MARK: Connect / disconnect
 
-    private func frontendKey(_ setup: Setup, _ name: String) async throws -> String? {
-        try await xenstore.readIfPresent(setup.frontendPath + "/" + name)
-    }
-
-    private func number(_ setup: Setup, _ name: String) async throws -> UInt32? {
-        guard let text = try await frontendKey(setup, name) else { return nil }
-        guard let value = UInt32(text) else {
-            throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + name, value: text, why: "expected an unsigned number")
-        }
-        return value
-    }
-
     /// Reads the frontend's ring keys, maps the rings, binds the channels,
     /// starts one worker per ring and writes the connection details in one
     /// transaction.
     private func connect(_ setup: Setup) async throws {
-        let protocolText = try await frontendKey(setup, "protocol")
+        let protocolText = try await setup.keys.frontend("protocol")
         let abi: BlockProtocolABI
         do { abi = try BlockProtocolABI.parse(xenstoreValue: protocolText) } catch {
-            throw BlockDeviceError.badKey(path: setup.frontendPath + "/protocol", value: protocolText, why: "\(error)")
+            throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/protocol", value: protocolText, why: "\(error)")
         }
-        let queues = Int(try await number(setup, "multi-queue-num-queues") ?? 1)
+        let queues = Int(try await setup.keys.frontendNumber("multi-queue-num-queues") ?? 1)
         guard (1...configuration.maximumQueues).contains(queues) else {
-            throw BlockDeviceError.badKey(path: setup.frontendPath + "/multi-queue-num-queues", value: "\(queues)",
+            throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/multi-queue-num-queues", value: "\(queues)",
                                           why: "must be 1...\(configuration.maximumQueues)")
         }
-        let orderKey = try await number(setup, "ring-page-order")
+        let orderKey = try await setup.keys.frontendNumber("ring-page-order")
         let order = Int(orderKey ?? 0)
         guard order <= configuration.maximumRingPageOrder else {
-            throw BlockDeviceError.badKey(path: setup.frontendPath + "/ring-page-order", value: "\(order)",
+            throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/ring-page-order", value: "\(order)",
                                           why: "exceeds max-ring-page-order \(configuration.maximumRingPageOrder)")
         }
         // Persistent only if both sides want it (blkif.h's handshake).
-        let frontendPersistent = try await number(setup, "feature-persistent") ?? 0
+        let frontendPersistent = try await setup.keys.frontendNumber("feature-persistent") ?? 0
         let persistent = configuration.maximumPersistentGrants > 0 && frontendPersistent == 1
         var geometry = setup.backing.geometry
         geometry.readOnly = setup.readOnly
         geometry.maximumIndirectSegments = configuration.maximumIndirectSegments
 
-        var started: [any BlockRingService] = []
+        var started: [any ServedRing<BlockCounter>] = []
         var ports: [EventChannelPort] = []
         for q in 0..<queues {
             // With one queue the keys sit in the frontend directory itself.
             let prefix = queues == 1 ? "" : "queue-\(q)/"
             var refs: [GrantRef] = []
             if orderKey == nil {
-                guard let ref = try await number(setup, prefix + "ring-ref") else {
-                    throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "ring-ref", value: nil, why: "the frontend grants its ring here")
+                guard let ref = try await setup.keys.frontendNumber(prefix + "ring-ref") else {
+                    throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/" + prefix + "ring-ref", value: nil, why: "the frontend grants its ring here")
                 }
                 refs = [GrantRef(ref)]
             } else {
                 for i in 0..<(1 << order) {
-                    guard let ref = try await number(setup, prefix + "ring-ref\(i)") else {
-                        throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "ring-ref\(i)", value: nil,
+                    guard let ref = try await setup.keys.frontendNumber(prefix + "ring-ref\(i)") else {
+                        throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/" + prefix + "ring-ref\(i)", value: nil,
                                                       why: "ring-page-order \(order) needs \(1 << order) ring-refN keys")
                     }
                     refs.append(GrantRef(ref))
                 }
             }
-            guard let port = try await number(setup, prefix + "event-channel") else {
-                throw BlockDeviceError.badKey(path: setup.frontendPath + "/" + prefix + "event-channel", value: nil, why: "the frontend's event channel port")
+            guard let port = try await setup.keys.frontendNumber(prefix + "event-channel") else {
+                throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/" + prefix + "event-channel", value: nil, why: "the frontend's event channel port")
             }
-            func worker<L: RingLayout>(_: L.Type) throws(BlockBackendError) -> any BlockRingService
+            func worker<L: RingLayout>(_: L.Type) throws(BlockBackendError) -> any ServedRing<BlockCounter>
             where L.Request == BlockRequest, L.Response == BlockResponse {
                 try BlockRingWorker<Platform, L>(
-                    platform: platform, frontend: setup.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
+                    platform: platform, frontend: setup.keys.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
                     backing: setup.backing, geometry: geometry, engine: configuration.engine,
                     persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
                     pollMicroseconds: configuration.pollMicroseconds)
@@ -340,31 +305,18 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         }
 
         let logger = self.logger
-        let workers = started
-        let threads: RingWorkerGroup
         do {
-            let park = configuration.parkAfterMilliseconds
-            threads = try RingWorkerGroup(count: workers.count, onStart: BlockBackendInstrumentation.workerThreadStart,
-                                          wakeDescriptors: { workers[$0].wakeDescriptors }) { q, stop in
-                let exit: WorkerExit
-                do { exit = try workers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
-                    // A broken ring stops that ring only (as Linux halts it).
-                    logger.error("ring \(q) stopped: \(error)")
-                    exit = .stopped
-                }
-                // Unmapped here, before the group counts this ring stopped: the
-                // group's closures still hold the worker for a moment after.
-                if exit == .stopped { workers[q].releaseGuestResources() }
-                return exit
+            try rings.start(started, parkAfterMilliseconds: configuration.parkAfterMilliseconds,
+                            onStart: BlockBackendInstrumentation.workerThreadStart) { q, error in
+                // A broken ring stops that ring only (as Linux halts it).
+                logger.error("ring \(q) stopped: \(error)")
             }
         } catch {
             throw BlockDeviceError.backend(.eventChannel(error))
         }
-        running.withLock {
-            $0.workers = started
-            $0.threads = threads
-            $0.negotiation = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
-                                              directIO: setup.backing.isDirect, persistentGrants: persistent)
+        negotiated.withLock {
+            $0 = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
+                                  directIO: setup.backing.isDirect, persistentGrants: persistent)
         }
         logger.info("connected", metadata: ["queues": "\(queues)", "ring-page-order": "\(order)", "protocol": "\(abi)",
                                             "engine": "\(configuration.engine)", "persistent": "\(persistent)"])
@@ -373,17 +325,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     /// Stops the workers (each answers what it has in flight), unmaps the
     /// rings and unbinds the channels. Safe to repeat.
     func disconnect() async {
-        let threads = running.withLock { r -> RingWorkerGroup? in
-            defer { r.threads = nil }
-            return r.threads
-        }
-        guard let threads else { return }
-        await threads.stop()
-        running.withLock { r in
-            r.retired = r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot }
-            r.workers = []   // the last references: rings unmapped, ports unbound
-            r.negotiation = nil
-        }
+        guard await rings.stop() else { return }
+        negotiated.withLock { $0 = nil }
         logger.info("disconnected")
     }
 }

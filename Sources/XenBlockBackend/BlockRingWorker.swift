@@ -198,7 +198,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         if submissionPending { submit() }
         let taken: Int
         do { taken = try takeRequests() } catch {
-            if case .halted = error {} else { statistics.add(statistics.ringsHalted) }  // counted once, when it halts
+            if case .halted = error {} else { statistics.add(.ringsHalted) }  // counted once, when it halts
             completeAvailable()
             pushResponses()
             throw .ring(error)
@@ -265,7 +265,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 let spurious: Int
                 do { spurious = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try holds.takeEvents(from: events, into: b, worker: self) } }
                 catch { drain(); throw .eventChannel(error) }
-                if spurious > 0 { statistics.add(statistics.spuriousEvents, UInt64(spurious)) }
+                if spurious > 0 { statistics.add(.spuriousEvents, UInt64(spurious)) }
             }
         }
     }
@@ -315,7 +315,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             taken += 1
             if request.operation == .writeBarrier && inFlight > 0 {
                 heldBarrier = request
-                statistics.add(statistics.barrierWaits)
+                statistics.add(.barrierWaits)
                 break
             }
             start(request)
@@ -360,7 +360,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     // MARK: One request
 
     private func respond(id: UInt64, operation: BlockOperation, status: BlockStatus) {
-        if status != .okay { statistics.add(statistics.errors) }
+        if status != .okay { statistics.add(.errors) }
         ring.produceResponse(BlockResponse(id: id, operation: operation, status: status))
     }
 
@@ -370,14 +370,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             respond(id: request.id, operation: request.responseOperation, status: status)
         case .discard(let sector, let count, let secure):
             // Synchronous: fallocate and BLKDISCARD are metadata work.
-            statistics.add(statistics.discardRequests)
+            statistics.add(.discardRequests)
             var status = BlockStatus.okay
             do { try backing.discard(offset: sector * 512, count: count * 512, secure: secure) } catch {
                 if case .io(_, let e) = error, e == EOPNOTSUPP { status = .notSupported } else { status = .error }
             }
             respond(id: request.id, operation: request.responseOperation, status: status)
         case .flush:
-            statistics.add(statistics.flushRequests)
+            statistics.add(.flushRequests)
             let slot = takeSlot()
             slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: .flushOnly)
             issue(slot: slot)
@@ -393,14 +393,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             slots[slot].byteCount = sectors * 512
             slots[slot].persistent = mapPersistently(slot: slot)
             if write {
-                statistics.add(statistics.writeRequests)
-                statistics.add(statistics.writeSectors, UInt64(sectors))
+                statistics.add(.writeRequests)
+                statistics.add(.writeSectors, UInt64(sectors))
                 if !slots[slot].persistent {
                     guard copyData(slot: slot, intoGuest: false) else { return finish(slot: slot, status: .error) }
                 }
             } else {
-                statistics.add(statistics.readRequests)
-                statistics.add(statistics.readSectors, UInt64(sectors))
+                statistics.add(.readRequests)
+                statistics.add(.readSectors, UInt64(sectors))
             }
             issue(slot: slot)
         }
@@ -521,12 +521,12 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             guard let page = persistentGrants.acquire(s.grant) else {
                 for j in 0..<i { persistentGrants.release(table[j].grant) }
                 // A full table is a shortage; a bad grant is the request's own fault.
-                if persistentGrants.count == persistentGrants.capacity { statistics.add(statistics.outOfResources) }
+                if persistentGrants.count == persistentGrants.capacity { statistics.add(.outOfResources) }
                 return false
             }
             vectors[i] = iovec(iov_base: page + Int(s.firstSector) * 512, iov_len: (Int(s.lastSector) - Int(s.firstSector) + 1) * 512)
         }
-        statistics.add(statistics.persistentGrantMaps, persistentGrants.maps - mapsBefore)
+        statistics.add(.persistentGrantMaps, persistentGrants.maps - mapsBefore)
         return true
     }
 

@@ -110,13 +110,11 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
     public let multicast = MulticastFilter()
     let hashState = HashState()
 
+    let queues = ServedRings<NetCounter>()
     struct Running {
         var tap: TapDevice?
         var capture: PacketCapture?
-        var workers: [NetQueueWorker<Platform>] = []
-        var threads: RingWorkerGroup?
         var negotiation: NetNegotiation?
-        var retired = NetStatistics.Snapshot.zero
         var stalledQueues = 0
         var disabledReason: String?
         /// Follows the frontend's request-multicast-control while connected.
@@ -135,20 +133,17 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         self.logger = logger
     }
 
-    public var statistics: NetStatistics.Snapshot {
-        running.withLock { r in r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot } }
-    }
+    public var statistics: NetStatistics.Snapshot { queues.statistics }
     public var negotiation: NetNegotiation? { running.withLock { $0.negotiation } }
     /// Queue workers on a thread now (idle queues are parked without one).
-    public var runningWorkerThreads: Int { running.withLock { $0.threads?.runningThreads ?? 0 } }
+    public var runningWorkerThreads: Int { queues.runningThreads }
     /// The host interface's name once made.
     public var interfaceName: String? { running.withLock { $0.tap?.name } }
     /// Why the VIF was disabled (a fatal frontend error), if it was.
     public var disabledReason: String? { running.withLock { $0.disabledReason } }
 
     struct Setup: Sendable {
-        var frontendPath: String
-        var frontendID: DomainID
+        var keys: DeviceKeys<NetDeviceError>
         var handle: Int
         var bridge: String?
         var script: String?
@@ -164,7 +159,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         let tap: TapDevice
         do {
             setup = try await readSetup()
-            let name = try await key("vifname").flatMap { $0.isEmpty ? nil : $0 } ?? "vif\(setup.frontendID.rawValue).\(setup.handle)"
+            let name = try await key("vifname").flatMap { $0.isEmpty ? nil : $0 } ?? "vif\(setup.keys.frontendID.rawValue).\(setup.handle)"
             do { tap = try TapDevice(name: name, queues: 1, multiQueue: configuration.maximumQueues > 1, namespace: configuration.namespace) }
             catch { throw NetDeviceError.host(error) }
         } catch {
@@ -186,7 +181,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         try await publishProbeFeatures(tap: tap)
         logger.info("interface \(tap.name) created", metadata: ["bridge": "\(setup.bridge ?? "-")"])
-        let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.frontendPath, logger: logger)
+        let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
         try await loop.run(connect: { try await self.connect(setup, tap: try self.liveTap(), capture: capture) },
                            disconnect: { await self.disconnect() })
     }
@@ -196,13 +191,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
     }
 
     private func readSetup() async throws -> Setup {
-        guard let frontendPath = try await key("frontend"), !frontendPath.isEmpty else {
-            throw NetDeviceError.badKey(path: backendPath + "/frontend", value: nil, why: "the toolstack names the frontend directory here")
-        }
-        let frontendIDText = try await key("frontend-id")
-        guard let frontendIDText, let frontendID = UInt16(frontendIDText) else {
-            throw NetDeviceError.badKey(path: backendPath + "/frontend-id", value: frontendIDText, why: "expected a domain id")
-        }
+        let keys = try await DeviceKeys<NetDeviceError>(xenstore: xenstore, backendPath: backendPath)
         let handleText = try await key("handle") ?? String(backendPath.split(separator: "/").last ?? "")
         guard let handle = Int(handleText), handle >= 0 else {
             throw NetDeviceError.badKey(path: backendPath + "/handle", value: handleText, why: "expected the device handle, a number")
@@ -223,7 +212,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         let bridge = try await key("bridge").flatMap { $0.isEmpty ? nil : $0 }
         let script = try await key("script").flatMap { $0.isEmpty ? nil : $0 }
-        return Setup(frontendPath: frontendPath, frontendID: DomainID(frontendID), handle: handle, bridge: bridge,
+        return Setup(keys: keys, handle: handle, bridge: bridge,
                      script: script, rate: rate, backendMTU: mtu)
     }
 
@@ -242,27 +231,13 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
 
     // MARK: Connect / disconnect
 
-    private func frontendNumber(_ setup: Setup, _ name: String) async throws -> UInt32? {
-        guard let text = try await xenstore.readIfPresent(setup.frontendPath + "/" + name) else { return nil }
-        guard let value = UInt32(text) else {
-            throw NetDeviceError.badKey(path: setup.frontendPath + "/" + name, value: text, why: "expected an unsigned number")
-        }
-        return value
-    }
-
-    private func required(_ setup: Setup, _ name: String, _ why: String) async throws -> UInt32 {
-        guard let v = try await frontendNumber(setup, name) else {
-            throw NetDeviceError.badKey(path: setup.frontendPath + "/" + name, value: nil, why: why)
-        }
-        return v
-    }
-
     private func connect(_ setup: Setup, tap: TapDevice, capture: PacketCapture?) async throws {
-        guard try await frontendNumber(setup, "request-rx-copy") == 1 else {
-            throw NetDeviceError.badKey(path: setup.frontendPath + "/request-rx-copy", value: try await xenstore.readIfPresent(setup.frontendPath + "/request-rx-copy"),
+        let keys = setup.keys
+        guard try await keys.frontendFlag("request-rx-copy") else {
+            throw NetDeviceError.badKey(path: keys.frontendPath + "/request-rx-copy", value: try await keys.frontend("request-rx-copy"),
                                         why: "receive by page flipping is not supported: the frontend must request rx-copy")
         }
-        func flag(_ name: String) async throws -> Bool { try await frontendNumber(setup, name) == 1 }
+        func flag(_ name: String) async throws -> Bool { try await keys.frontendFlag(name) }
         var options = NetQueueOptions()
         options.rxNotify = try await flag("feature-rx-notify")
         options.scatterGather = try await flag("feature-sg")
@@ -276,29 +251,29 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         options.receiveStallMilliseconds = configuration.receiveStallMilliseconds
         options.receiveDrainMilliseconds = configuration.receiveDrainMilliseconds
 
-        let queues = Int(try await frontendNumber(setup, "multi-queue-num-queues") ?? 1)
+        let queues = Int(try await keys.frontendNumber("multi-queue-num-queues") ?? 1)
         guard (1...configuration.maximumQueues).contains(queues) else {
-            throw NetDeviceError.badKey(path: setup.frontendPath + "/multi-queue-num-queues", value: "\(queues)",
+            throw NetDeviceError.badKey(path: keys.frontendPath + "/multi-queue-num-queues", value: "\(queues)",
                                         why: "must be 1...\(configuration.maximumQueues)")
         }
-        let mtuText = try await xenstore.readIfPresent(setup.frontendPath + "/mtu")
+        let mtuText = try await keys.frontend("mtu")
         var mtu = setup.backendMTU ?? 1500
         if let mtuText {
             guard let m = Int(mtuText), (68...65535).contains(m) else {
-                throw NetDeviceError.badKey(path: setup.frontendPath + "/mtu", value: mtuText, why: "expected an MTU in 68...65535")
+                throw NetDeviceError.badKey(path: keys.frontendPath + "/mtu", value: mtuText, why: "expected an MTU in 68...65535")
             }
             mtu = m
         }
         var control: NetControlSetup?
-        if let ref = try await frontendNumber(setup, "ctrl-ring-ref") {
-            let port = try await required(setup, "event-channel-ctrl", "the control ring's event channel")
+        if let ref = try await keys.frontendNumber("ctrl-ring-ref") {
+            let port = try await keys.requiredFrontendNumber("event-channel-ctrl", "the control ring's event channel")
             control = NetControlSetup(ringRef: GrantRef(ref), remotePort: EventChannelPort(port))
         }
         do { try tap.setQueueCount(queues) } catch { throw NetDeviceError.host(error) }
         do { try tap.setOffloads(checksum: options.checksumOffload, tcpv4: options.gsoTCPv4, tcpv6: options.gsoTCPv6) }
         catch { throw NetDeviceError.host(error) }
 
-        var workers: [NetQueueWorker<Platform>] = []
+        var workers: [any ServedRing<NetCounter>] = []
         var split = false
         // With a control ring the guest may set a hash mapping table: frames go
         // to the queue it names, whichever TAP queue the kernel read them from.
@@ -306,20 +281,20 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
             ? ReceiveSteering(queueCount: queues, frameBytes: NetQueueWorker<Platform>.packetStride) : nil
         for q in 0..<queues {
             let prefix = queues == 1 ? "" : "queue-\(q)/"
-            let tx = try await required(setup, prefix + "tx-ring-ref", "the frontend grants its transmit ring here")
-            let rx = try await required(setup, prefix + "rx-ring-ref", "the frontend grants its receive ring here")
+            let tx = try await keys.requiredFrontendNumber(prefix + "tx-ring-ref", "the frontend grants its transmit ring here")
+            let rx = try await keys.requiredFrontendNumber(prefix + "rx-ring-ref", "the frontend grants its receive ring here")
             let txPort: UInt32
             var rxPort: UInt32?
-            if let single = try await frontendNumber(setup, prefix + "event-channel") {
+            if let single = try await keys.frontendNumber(prefix + "event-channel") {
                 txPort = single
             } else {
-                txPort = try await required(setup, prefix + "event-channel-tx", "event-channel or event-channel-tx/-rx")
-                rxPort = try await required(setup, prefix + "event-channel-rx", "split event channels need both ports")
+                txPort = try await keys.requiredFrontendNumber(prefix + "event-channel-tx", "event-channel or event-channel-tx/-rx")
+                rxPort = try await keys.requiredFrontendNumber(prefix + "event-channel-rx", "split event channels need both ports")
                 split = true
             }
             do {
                 workers.append(try NetQueueWorker(
-                    platform: platform, frontend: setup.frontendID, txRingRef: GrantRef(tx), rxRingRef: GrantRef(rx),
+                    platform: platform, frontend: keys.frontendID, txRingRef: GrantRef(tx), rxRingRef: GrantRef(rx),
                     txRemotePort: EventChannelPort(txPort), rxRemotePort: rxPort.map { EventChannelPort($0) },
                     tapDescriptor: tap.queueDescriptors[q], options: options, queueIndex: q, queueCount: queues,
                     multicast: multicast, capture: capture, control: q == 0 ? control : nil, hashSettings: hashState,
@@ -341,30 +316,19 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         tap.setCarrier(true)
 
         let logger = self.logger
-        let queueWorkers = workers
-        let threads: RingWorkerGroup
         do {
-            let park = configuration.parkAfterMilliseconds
-            threads = try RingWorkerGroup(count: queueWorkers.count, onStart: NetBackendInstrumentation.workerThreadStart,
-                                          wakeDescriptors: { queueWorkers[$0].wakeDescriptors }) { [weak self] q, stop in
-                let exit: WorkerExit
-                do { exit = try queueWorkers[q].run(stopDescriptor: stop, parkAfterMilliseconds: park) } catch {
-                    // Linux disables the whole VIF on these; others carry on.
-                    logger.error("\(error); VIF disabled until the frontend reconnects", metadata: ["queue": "\(q)"])
-                    self?.disable(reason: "\(error)")
-                    exit = .stopped
-                }
-                // Unmapped here, before the group counts this queue stopped: the
-                // group's closures still hold the worker for a moment after.
-                if exit == .stopped { queueWorkers[q].releaseGuestResources() }
-                return exit
+            try self.queues.start(workers, parkAfterMilliseconds: configuration.parkAfterMilliseconds,
+                                  onStart: NetBackendInstrumentation.workerThreadStart) { [weak self] q, error in
+                // Linux disables the whole VIF on these; others carry on.
+                logger.error("\(error); VIF disabled until the frontend reconnects", metadata: ["queue": "\(q)"])
+                self?.disable(reason: "\(error)")
             }
         } catch {
             throw NetDeviceError.backend(.eventChannel(error))
         }
         // feature-dynamic-multicast-control: the frontend may turn filtering
         // on or off while connected.
-        let multicastPath = setup.frontendPath + "/request-multicast-control"
+        let multicastPath = keys.frontendPath + "/request-multicast-control"
         let watch = try await xenstore.watch(multicastPath)
         let filter = multicast, xenstore = self.xenstore
         let follower = Task {
@@ -375,8 +339,6 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         let negotiation = NetNegotiation(queues: queues, splitEventChannels: split, controlRing: control != nil, options: options, mtu: mtu)
         running.withLock {
-            $0.workers = workers
-            $0.threads = threads
             $0.negotiation = negotiation
             $0.disabledReason = nil
             $0.multicastWatch = (multicastPath, watch.token, follower)
@@ -437,37 +399,37 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
     }
 
     private func disable(reason: String) {
-        let (tap, threads) = running.withLock { r -> (TapDevice?, RingWorkerGroup?) in
+        let tap = running.withLock { r -> TapDevice? in
             if r.disabledReason == nil { r.disabledReason = reason }
-            return (r.tap, r.threads)
+            return r.tap
         }
         tap?.setCarrier(false)
-        threads?.requestStop()
+        queues.requestStop()
     }
 
     /// Stops the queues, unmaps the rings, unbinds the channels; the
     /// interface stays (carrier off) until the device is removed.
     func disconnect() async {
-        let (threads, tap, watch) = running.withLock { r -> (RingWorkerGroup?, TapDevice?, (path: String, token: String, task: Task<Void, Never>)?) in
-            defer { r.threads = nil; r.multicastWatch = nil }
-            return (r.threads, r.tap, r.multicastWatch)
+        let (tap, watch) = running.withLock { r -> (TapDevice?, (path: String, token: String, task: Task<Void, Never>)?) in
+            defer { r.multicastWatch = nil }
+            return (r.tap, r.multicastWatch)
         }
         if let watch {
             watch.task.cancel()
             try? await xenstore.unwatch(watch.path, token: watch.token)
         }
-        guard let threads else { return }
-        await threads.stop()
+        guard await queues.stop() else { return }
         tap?.setCarrier(false)
         running.withLock { r in
-            r.retired = r.workers.reduce(r.retired) { $0 + $1.statistics.snapshot }
-            r.workers = []
             r.negotiation = nil
             r.stalledQueues = 0
         }
         logger.info("disconnected")
     }
 }
+
+extension NetDeviceError: XenbusKeyError {}
+extension NetQueueWorker: ServedRing {}
 
 /// Hooks for benchmarks and tests; not for the data path.
 public enum NetBackendInstrumentation {

@@ -21,7 +21,7 @@ extension NetQueueWorker {
     func readTap(now: Int) {
         // Frames other queues read for us first: they waited longer.
         steering?.inboxes[queueIndex].drain(while: { rxRoom }) { entry, frame in
-            if stalled { statistics.add(statistics.rxDropped); return }
+            if stalled { statistics.add(.rxDropped); return }
             let index = (rxHead + rxCount) % Self.receiveQueueCapacity
             (rxBuffer(index) + VirtioNetHeader.size).copyMemory(from: frame, byteCount: entry.length)
             var entry = entry
@@ -41,16 +41,16 @@ extension NetQueueWorker {
             }
             if n == 0 { return }
             if stalled {
-                statistics.add(statistics.rxDropped)
+                statistics.add(.rxDropped)
                 continue
             }
             guard var entry = prepare(buffer: buffer, count: n) else {
-                statistics.add(statistics.rxDropped)
+                statistics.add(.rxDropped)
                 continue
             }
             if let target = steeringTarget(entry), target != queueIndex {
                 // The guest's mapping table wants it on another queue.
-                if !steering!.inboxes[target].push(entry, frame: buffer + VirtioNetHeader.size) { statistics.add(statistics.rxDropped) }
+                if !steering!.inboxes[target].push(entry, frame: buffer + VirtioNetHeader.size) { statistics.add(.rxDropped) }
                 continue
             }
             entry.enqueued = now
@@ -213,8 +213,8 @@ extension NetQueueWorker {
                 }
             }
         }
-        statistics.add(statistics.rxPackets)
-        statistics.add(statistics.rxBytes, UInt64(entry.length))
+        statistics.add(.rxPackets)
+        statistics.add(.rxBytes, UInt64(entry.length))
     }
 
     func flushReceive() {
@@ -231,7 +231,7 @@ extension NetQueueWorker {
                 var response = slot.response
                 response.status = NetStatus.error
                 slot = NetRxSlot(response)
-                statistics.add(statistics.rxErrors)
+                statistics.add(.rxErrors)
             }
             rxRing.produceResponse(slot)
         }
@@ -263,7 +263,7 @@ extension NetQueueWorker {
         if stalledSince == 0 { stalledSince = now }
         if now - stalledSince >= options.receiveStallMilliseconds * 1_000_000 {
             stalled = true
-            statistics.add(statistics.rxStalls)
+            statistics.add(.rxStalls)
             stallChanged(true)
             dropQueue()
             rxRing.requestEvent(after: 1)
@@ -273,7 +273,7 @@ extension NetQueueWorker {
     }
 
     func dropQueue() {
-        statistics.add(statistics.rxDropped, UInt64(rxCount))
+        statistics.add(.rxDropped, UInt64(rxCount))
         while rxCount > 0 { dequeueHead() }
     }
 }

@@ -72,7 +72,7 @@ extension NetQueueWorker {
             if options.rate != nil {
                 if !creditAllows(Int(peek.request.size), now: now) {
                     txRateBlocked = true
-                    statistics.add(statistics.txCreditWaits)
+                    statistics.add(.txCreditWaits)
                     break
                 }
             }
@@ -203,7 +203,7 @@ extension NetQueueWorker {
         if dropWhy == nil && remaining < PacketLayout.ethernetHeaderLength { dropWhy = "first slot shorter than an Ethernet header" }
         if dropWhy != nil {
             failTx(from: firstResponse, extras: extras, count: txResponseCount - firstResponse)
-            statistics.add(statistics.txErrors)
+            statistics.add(.txErrors)
             return .answered
         }
         if Int(first.offset) + remaining > NetLimits.pageSize {
@@ -262,16 +262,16 @@ extension NetQueueWorker {
         var written: Int
         repeat { written = write(tapDescriptor, buffer, total) } while written < 0 && errno == EINTR
         if written == total {
-            statistics.add(statistics.txPackets)
-            statistics.add(statistics.txBytes, UInt64(packet.length))
+            statistics.add(.txPackets)
+            statistics.add(.txBytes, UInt64(packet.length))
         } else {
-            statistics.add(statistics.txDropped)
+            statistics.add(.txDropped)
         }
     }
 
     func failPacket(_ packet: TxPacket) {
         failTx(from: packet.firstResponse, extras: packet.extras, count: packet.responseCount)
-        statistics.add(statistics.txErrors)
+        statistics.add(.txErrors)
     }
 
 }

@@ -296,7 +296,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
                 let spurious: Int
                 do { spurious = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try holds.takeEvents(from: events, into: b, worker: self) } }
                 catch { throw .eventChannel(error) }
-                if spurious > 0 { statistics.add(statistics.spuriousEvents, UInt64(spurious)) }
+                if spurious > 0 { statistics.add(.spuriousEvents, UInt64(spurious)) }
             }
         }
     }

@@ -85,7 +85,7 @@ struct NetBenchCommand: AsyncParsableCommand {
                 raw.append(rate(before, after))
                 let counted = round == rounds
                 let beforeOurs = try peerCounters(lab)
-                let sent = device.statistics.txPackets
+                let sent = device.statistics[.txPackets]
                 let outcome = OneResult<Int>()
                 let group = ThreadGroup()
                 if counted { AllocationCounter.start() }
@@ -98,7 +98,7 @@ struct NetBenchCommand: AsyncParsableCommand {
                 group.joinAll()
                 if counted {
                     allocations = AllocationCounter.stop()
-                    countedPackets = Int(device.statistics.txPackets - sent)
+                    countedPackets = Int(device.statistics[.txPackets] - sent)
                 }
                 _ = try outcome.value!.get()
                 let afterOurs = try peerCounters(lab)
@@ -135,7 +135,7 @@ struct NetBenchCommand: AsyncParsableCommand {
                 raw.append((Double(s.frames) / Double(seconds), Double(s.bytes) * 8 / Double(seconds) / 1e9))
 
                 let counted = round == rounds
-                let received = device.statistics.rxPackets
+                let received = device.statistics[.rxPackets]
                 let taken = OneResult<(frames: Int, bytes: Int)>()
                 let ourDeadline = monotonicNanoseconds() + nanos
                 if counted { AllocationCounter.start() }
@@ -150,7 +150,7 @@ struct NetBenchCommand: AsyncParsableCommand {
                 group.joinAll()
                 if counted {
                     allocations = AllocationCounter.stop()
-                    countedPackets = Int(device.statistics.rxPackets - received)
+                    countedPackets = Int(device.statistics[.rxPackets] - received)
                 }
                 let t = try taken.value!.get()
                 ours.append((Double(t.frames) / Double(seconds), Double(t.bytes) * 8 / Double(seconds) / 1e9))
@@ -158,7 +158,7 @@ struct NetBenchCommand: AsyncParsableCommand {
             }
         }
         print("backend: \(device.statistics)")
-        expect(device.statistics.txErrors == 0 && device.statistics.rxErrors == 0, "errors: \(device.statistics)")
+        expect(device.statistics[.txErrors] == 0 && device.statistics[.rxErrors] == 0, "errors: \(device.statistics)")
         _ = try? await front.close()
         try? await nic.setOffline(xenstore: host.backendStore)
         _ = try? await task.value

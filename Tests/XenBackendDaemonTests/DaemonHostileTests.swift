@@ -245,14 +245,14 @@ import XenBus
         let stormed = try await storm
         #expect(served, "the bystander's 40 writes read back through the ring and the file")
         // Each spurious wake is one bounded pass; the hold keeps them few.
-        let spurious = rig.daemon.blockDevices["5/\(rig.hostileDisk.devid)"]?.statistics.spuriousEvents ?? 0
+        let spurious = rig.daemon.blockDevices["5/\(rig.hostileDisk.devid)"]?.statistics[.spuriousEvents] ?? 0
         #expect(spurious <= stormed.spuriousWakeBound,
                 "\(stormed.kicks) kicks in \(stormed.seconds) s woke the storming ring for nothing \(spurious) times")
         let block = [UInt8](repeating: 0xC3, count: 4096)
         #expect(try storming.write(sector: 24, block) == .okay && storming.read(sector: 24, byteCount: 4096) == (.okay, block),
                 "the storming ring still answers")
         #expect(rig.daemon.blockDevices.count == 2)
-        #expect(rig.daemon.blockDevices["5/\(rig.hostileDisk.devid)"]?.statistics.ringsHalted == 1, "the lying ring, and only it, halted")
+        #expect(rig.daemon.blockDevices["5/\(rig.hostileDisk.devid)"]?.statistics[.ringsHalted] == 1, "the lying ring, and only it, halted")
         ring.storeBytes(of: UInt32(0), as: UInt32.self)  // sane again for close (the backend already halted that ring)
         #expect(try await front.close())
         try await rig.shutdown()

@@ -167,7 +167,7 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
             let (status, data) = try q.read(sector: 0, byteCount: 4096)
             #expect(status == .okay && data == pattern(4096, seed: 9))
             #expect(try q.flush() == .okay)
-            #expect(device.statistics.errors == UInt64(refused.count))
+            #expect(device.statistics[.errors] == UInt64(refused.count))
             // The fault clears (the file system grows): the refused writes now
             // succeed, and every block written reads back.
             try run("mount -o remount,size=16m \(dir)")

@@ -73,8 +73,8 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
         let n = device.negotiation
         #expect(n == BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: .default, directIO: true, persistentGrants: true))
         let stats = device.statistics
-        #expect(stats.writeRequests == UInt64(queues) && stats.readRequests == UInt64(queues) && stats.flushRequests == UInt64(queues))
-        #expect(stats.writeSectors == UInt64(queues * segments * 8) && stats.errors == 0)
+        #expect(stats[.writeRequests] == UInt64(queues) && stats[.readRequests] == UInt64(queues) && stats[.flushRequests] == UInt64(queues))
+        #expect(stats[.writeSectors] == UInt64(queues * segments * 8) && stats[.errors] == 0)
         // Published keys, as blkfront reads them.
         let keys = try await host.frontendStore.directory(disk.backendPath)
         for key in ["feature-flush-cache", "feature-barrier", "feature-discard", "discard-granularity", "discard-alignment",
@@ -105,7 +105,7 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
         #expect(try await again.close())
         try await disk.setOffline(xenstore: host.backendStore)
         try await task.value  // run() returns: the device is removed
-        #expect(device.statistics.writeRequests == 1 && device.statistics.readRequests == 1)
+        #expect(device.statistics[.writeRequests] == 1 && device.statistics[.readRequests] == 1)
         await host.shutdown()
     }
 
@@ -226,7 +226,7 @@ func pattern(_ count: Int, seed: Int) -> [UInt8] {
         #expect(status == 0, "the frontend process verified its data:\n\(output)")
         #expect(output.contains("verified: ok") && output.contains("queues 2"))
         let s = device.statistics
-        #expect(s.writeRequests == 128 && s.errors == 0, "8 MiB of 64 KiB writes came through this backend: \(s)")
+        #expect(s[.writeRequests] == 128 && s[.errors] == 0, "8 MiB of 64 KiB writes came through this backend: \(s)")
         #expect(try await dom0.readString(disk.backendPath + "/state") == "6", "the frontend closed and the backend followed")
         // The other process wrote its pattern (seeded with its pid) into the file: not zeros.
         #expect(file.read(0, 65536).contains { $0 != 0 }, "the data is in the file")

@@ -131,7 +131,7 @@ import XenBusClient
                 let (status, data) = try healthy.read(sector: UInt64(i * 8), byteCount: 4096)
                 #expect(status == .okay && data == pattern(4096, seed: i))
             }
-            #expect(device.statistics.writeRequests == 20)
+            #expect(device.statistics[.writeRequests] == 20)
             // Put the index back so close() sees a sane ring (the backend already halted it).
             ring.storeBytes(of: UInt32(0), as: UInt32.self)
         }
@@ -156,10 +156,10 @@ import XenBusClient
             }
             let stormed = try await storm
             #expect(served == 20, "the other ring wrote and read back 20 blocks during the storm")
-            #expect(device.statistics.spuriousEvents <= stormed.spuriousWakeBound)
+            #expect(device.statistics[.spuriousEvents] <= stormed.spuriousWakeBound)
             #expect(try storming.write(sector: 512, pattern(4096, seed: 99)) == .okay)
             #expect(try storming.read(sector: 512, byteCount: 4096) == (.okay, pattern(4096, seed: 99)), "the storming ring still works")
-            #expect(device.statistics.errors == 0)
+            #expect(device.statistics[.errors] == 0)
         }
     }
 
@@ -173,7 +173,7 @@ import XenBusClient
         try await withDevice { _, _, front, device in
             let storming = front.queues[0]
             let storm = try await EventStorm.run(for: .milliseconds(1500)) { try storming.kick() }
-            let spurious = device.statistics.spuriousEvents
+            let spurious = device.statistics[.spuriousEvents]
             #expect(spurious >= 2 && spurious <= storm.spuriousWakeBound,
                     "\(storm.kicks) kicks in \(storm.seconds) s woke the backend for nothing \(spurious) times (at most \(storm.spuriousWakeBound) allowed)")
             #expect(try storming.write(sector: 8, pattern(4096, seed: 5)) == .okay, "the stormed ring still answers")
@@ -192,7 +192,7 @@ import XenBusClient
             let workload = BlockWorkload(pattern: .randwrite, blockSize: 4096, iodepth: iodepth, regionBytes: 4 << 20, operations: 3000)
             let result = try await offThePool { try front.queues[0].run(workload) }
             #expect(result.errors == 0 && result.operations == 3000)
-            let spurious = device.statistics.spuriousEvents
+            let spurious = device.statistics[.spuriousEvents]
             #expect(spurious <= 30, "\(spurious) of 3000 requests' wakes were spurious")
         }
     }
@@ -250,11 +250,11 @@ import XenBusClient
         let done = try outcome.get()
         #expect(done.errors == 0, "I/O in flight at detach completed normally")
         // Closing asks the frontend to close; until it does, I/O is served.
-        let before = device.statistics.writeRequests
+        let before = device.statistics[.writeRequests]
         let more = try front.queues[0].run(BlockWorkload(pattern: .randwrite, blockSize: 8192, iodepth: 16,
                                                          regionBytes: 8 << 20, operations: 200))
         #expect(more.errors == 0 && more.operations == 200)
-        #expect(device.statistics.writeRequests == before + 200, "the backend kept serving until the frontend closed")
+        #expect(device.statistics[.writeRequests] == before + 200, "the backend kept serving until the frontend closed")
         #expect(try await front.close(), "every grant released after the drain")
         try await task.value  // the device is removed
         await host.shutdown()

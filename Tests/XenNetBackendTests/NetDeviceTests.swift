@@ -113,7 +113,7 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
             }
             #expect(replies == 3)
             let stats = device.statistics
-            #expect(stats.txPackets >= 5 && stats.rxPackets >= 5 && stats.txErrors == 0)
+            #expect(stats[.txPackets] >= 5 && stats[.rxPackets] >= 5 && stats[.txErrors] == 0)
         }
     }
 }
@@ -134,7 +134,7 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
             let injector = try lab.injector()
             for round in 0..<2 {
                 // Guest → host: each queue's kick wakes its worker.
-                let before = device.statistics.txPackets
+                let before = device.statistics[.txPackets]
                 for queue in front.queues {
                     try await offThePool {
                         queue.clearTxResponses()
@@ -142,7 +142,7 @@ func ipText(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: "."
                         _ = try queue.awaitTxResponses(1)
                     }
                 }
-                #expect(device.statistics.txPackets == before + 2)
+                #expect(device.statistics[.txPackets] == before + 2)
                 #expect(try await awaitParked() == 0)
                 // Host → guest: frames on the TAP wake whichever queue the kernel picks.
                 let base = 40_000 + round * 100

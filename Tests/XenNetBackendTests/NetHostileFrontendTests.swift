@@ -47,11 +47,11 @@ func answers(_ queue: NetFrontendQueue, _ slots: [NetTxSlot]) async throws -> [N
 
 /// A well-formed frame still goes through (the ring keeps working).
 func ringStillWorks(_ queue: NetFrontendQueue, _ device: NetBackendDevice<SimPlatform>, lab: NetworkLab) async throws {
-    let before = device.statistics.txPackets
+    let before = device.statistics[.txPackets]
     let (slots, _) = fragmentedFrame(queue, lab: lab, peer: Frames.broadcast, firstBytes: 60, fragments: 0, firstID: 90)
     let r = try await answers(queue, slots)
     #expect(r.map(\.status) == [NetStatus.okay])
-    #expect(device.statistics.txPackets == before + 1)
+    #expect(device.statistics[.txPackets] == before + 1)
 }
 
 /// The VIF is disabled: the reason names the rule, and nothing more is answered.
@@ -112,7 +112,7 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
             r = try await answers(queue, slots)
             #expect(r.map(\.status) == [NetStatus.error])
             try await ringStillWorks(queue, device, lab: lab)
-            #expect(device.statistics.txErrors == 2)
+            #expect(device.statistics[.txErrors] == 2)
         }
     }
 
@@ -127,7 +127,7 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
             slots[1] = NetTxSlot(fragment)
             let r = try await answers(queue, slots)
             #expect(r.map(\.status) == [NetStatus.okay, NetStatus.okay])
-            #expect(device.statistics.txPackets == 1)
+            #expect(device.statistics[.txPackets] == 1)
         }
     }
 
@@ -344,14 +344,14 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
         let (status, output) = lab.inHost("ip link del \(lab.bridge)")
         #expect(status == 0, "\(output)")
         _ = try await pinging.value
-        let sentBefore = device.statistics.txPackets
+        let sentBefore = device.statistics[.txPackets]
         for i in 0..<50 {
             let (slots, _) = fragmentedFrame(queue, lab: lab, peer: Frames.broadcast, firstBytes: 60 + i, fragments: 0, firstID: 90)
             // (The first answers may include the ping's last ones.)
             let got = try await answers(queue, slots).map(\.status)
             #expect(!got.isEmpty && got.allSatisfy { $0 == NetStatus.okay }, "frame \(i) answered while the bridge is gone: \(got)")
         }
-        #expect(device.statistics.txPackets == sentBefore + 50)
+        #expect(device.statistics[.txPackets] == sentBefore + 50)
         #expect(try await offThePool { try queue.ping(from: guestMAC, ip: lab.guestIP, to: lab.peerIP, count: 1, timeoutMilliseconds: 300) } == 0,
                 "no way to the peer without the bridge")
         #expect(device.disabledReason == nil)
@@ -372,7 +372,7 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
         try await withVIF { _, lab, device, front in
             let queue = front.queues[0]
             let storm = try await EventStorm.run(kicks: 100_000) { try queue.kick() }
-            #expect(device.statistics.spuriousEvents <= storm.spuriousWakeBound)
+            #expect(device.statistics[.spuriousEvents] <= storm.spuriousWakeBound)
             try await ringStillWorks(queue, device, lab: lab)
             #expect(device.disabledReason == nil)
         }
@@ -385,9 +385,9 @@ func expectDisabled(_ device: NetBackendDevice<SimPlatform>, _ queue: NetFronten
     @Test func anEventStormCostsABoundedNumberOfWakes() async throws {
         try await withVIF { _, lab, device, front in
             let queue = front.queues[0]
-            let before = device.statistics.spuriousEvents
+            let before = device.statistics[.spuriousEvents]
             let storm = try await EventStorm.run(for: .milliseconds(1500)) { try queue.kick() }
-            let spurious = device.statistics.spuriousEvents - before
+            let spurious = device.statistics[.spuriousEvents] - before
             #expect(spurious >= 2 && spurious <= storm.spuriousWakeBound,
                     "\(storm.kicks) kicks in \(storm.seconds) s woke the queue for nothing \(spurious) times (at most \(storm.spuriousWakeBound) allowed)")
             try await ringStillWorks(queue, device, lab: lab)
