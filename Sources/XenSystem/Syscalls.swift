@@ -96,18 +96,38 @@ public enum Syscall {
         return retrying("ioctl") { CXenShims_ioctl(fd, request, argument) }
     }
 
-    public static func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
+    /// Maps `length` bytes; the caller owns the mapping until it passes it
+    /// to `munmap` (or wraps it in a `MappedMemory`, which does). `address`
+    /// with MAP_FIXED replaces pages of a mapping the caller already owns
+    /// (one slot of a reservation); the record does not show it.
+    /// An ioctl whose argument is a plain integer, not a pointer (TUNSETOFFLOAD
+    /// takes its flags so); the record shows the value's bytes.
+    public static func ioctl(_ fd: Int32, _ request: UInt, value: UInt) -> Result<Int32, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            let bytes = withUnsafeBytes(of: value) { Array($0) }
+            return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), nil).map { Int32($0) }
+        }
+        #endif
+        // SAFETY: not a pointer: the kernel takes the argument word as the
+        // value itself and dereferences nothing.
+        return retrying("ioctl") { CXenShims_ioctl(fd, request, UnsafeMutableRawPointer(bitPattern: value)) }
+    }
+
+    public static func mmap(at address: UnsafeMutableRawPointer? = nil, length: Int, protection: Int32, flags: Int32,
+                            fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
             switch mock.record(.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset), nil) {
             case .error(let e): return .failure(Errno(e))
             case .result:
-                let p = Glibc.mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                let fixed = address != nil ? flags & MAP_FIXED : 0
+                let p = Glibc.mmap(address, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed, -1, 0)
                 return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
             }
         }
         #endif
-        let p = Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
+        let p = Glibc.mmap(address, length, protection, flags, fd, off_t(offset))
         guard let p, p != MAP_FAILED else {
             let e = errno
             failOnOwnBug("mmap", e)
