@@ -89,6 +89,8 @@ public enum Syscall {
     public static func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, size: Int) -> Result<Int32, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
+            // SAFETY: the caller owns `size` bytes at `argument` for the call
+            // (this function's contract); they are copied before the handler runs.
             let bytes = argument.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
             return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), argument).map { Int32($0) }
         }
@@ -105,6 +107,7 @@ public enum Syscall {
     public static func ioctl(_ fd: Int32, _ request: UInt, value: UInt) -> Result<Int32, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
+            // SAFETY: a view of a local integer, copied at once.
             let bytes = withUnsafeBytes(of: value) { Array($0) }
             return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), nil).map { Int32($0) }
         }
@@ -121,6 +124,9 @@ public enum Syscall {
             switch mock.record(.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset), nil) {
             case .error(let e): return .failure(Errno(e))
             case .result:
+                // SAFETY: stands in with private anonymous memory the caller
+                // then owns exactly as it would the real mapping (MAP_FIXED
+                // only over its own reservation).
                 let fixed = address != nil ? flags & MAP_FIXED : 0
                 let p = Glibc.mmap(address, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed, -1, 0)
                 return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
@@ -136,6 +142,8 @@ public enum Syscall {
         return .success(p)
     }
 
+    /// SAFETY: the caller gives up a mapping it owns (from mmap); nothing
+    /// may touch those pages afterwards.
     public static func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.munmap(length: length), address) }
@@ -143,6 +151,7 @@ public enum Syscall {
         if Glibc.munmap(address, length) != 0 { failOnOwnBug("munmap", errno) }
     }
 
+    /// SAFETY: `buffer` is `count` writable bytes the caller owns for the call.
     public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { return mocked(mock, .read(fd: fd, count: count), buffer) }
@@ -150,6 +159,7 @@ public enum Syscall {
         return retrying("read") { Glibc.read(fd, buffer, count) }
     }
 
+    /// SAFETY: `buffer` is `count` readable bytes the caller owns for the call.
     public static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
