@@ -129,6 +129,10 @@ struct kernel_aio_ring {
 
 int CXenAIO_aio_ready(CXenAIO_aio *c) {
     if (c->failedCount > 0) return 1;
+    // SAFETY: the kernel maps this ring into our address space for the
+    // context's life (until destroy). It writes tail at any time, hence the
+    // acquiring load; head moves only inside our own io_getevents calls, on
+    // this same thread, so a plain read sees the current value.
     const struct kernel_aio_ring *ring = (const struct kernel_aio_ring *)c->context;
     // Unknown layout: say yes and let io_getevents decide.
     if (ring->magic != KERNEL_AIO_RING_MAGIC) return 1;

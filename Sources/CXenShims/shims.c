@@ -27,6 +27,8 @@ int CXenShims_available_cpus(void) {
 }
 
 static _Thread_local int counting_this_thread;
+// Relaxed everywhere: a statistic read after the measured threads were
+// joined (the join orders their increments), guarding no other data.
 static long counted_allocations;
 
 void CXenShims_count_allocations_on_this_thread(int enabled) { counting_this_thread = enabled; }
@@ -42,6 +44,9 @@ void CXenShims_reset_counted_allocations(void) { __atomic_store_n(&counted_alloc
 long CXenShims_send_with_fds(int socket, const void *buffer, unsigned long len, const int *fds, int count) {
     if (count < 0 || count > 8) { errno = EINVAL; return -1; }
     struct iovec iov = { .iov_base = (void *)buffer, .iov_len = len };
+    // SAFETY: `buffer` (len bytes) and `fds` (count <= 8) are the caller's
+    // for the call; the control buffer is a local sized and aligned for 8
+    // descriptors, and CMSG_* stay inside it.
     union { char space[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
     if (count > 0) {
@@ -61,6 +66,9 @@ long CXenShims_send_with_fds(int socket, const void *buffer, unsigned long len, 
 
 long CXenShims_receive_with_fds(int socket, void *buffer, unsigned long len, int *fds, int max, int *count) {
     struct iovec iov = { .iov_base = buffer, .iov_len = len };
+    // SAFETY: `buffer` (len bytes) and `fds` (max entries) are the caller's
+    // for the call; the kernel fills at most the local control buffer, and
+    // CMSG_NXTHDR walks only what it filled.
     union { char space[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space };
     *count = 0;

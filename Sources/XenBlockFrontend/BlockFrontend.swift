@@ -281,6 +281,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         self.domain = domain
         self.backend = backend
         // The ring pages are consecutive frames, so one contiguous view of them.
+        // SAFETY: the domain owns its memory for its whole life, longer than
+        // this queue; GuestDomain maps consecutive frames contiguously. The
+        // backend writes these pages at any time; the ring copies out.
         for (i, f) in ringFrames.enumerated() { precondition(f == ringFrames[0] + UInt32(i)) }
         ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[0]), pageCount: ringFrames.count))
         self.ringFrames = ringFrames
@@ -318,6 +321,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             return BlockRequest(operation: operation, id: UInt64(slot), sectorNumber: sector, segments: (0..<pages).map(segment))
         }
         precondition(indirect, "more than 11 pages needs the backend's indirect segments")
+        // SAFETY: our own guest page (the domain owns it for its life),
+        // granted read-only to the backend, which only reads it; each word
+        // is at 8 * (i % 512) < 4096.
         for i in 0..<pages {
             let page = domain.page(indirectFrames[slot][i / BlockLimits.segmentsPerIndirectPage])
             page.storeBytes(of: segment(i).wireWord, toByteOffset: 8 * (i % BlockLimits.segmentsPerIndirectPage), as: UInt64.self)
@@ -330,12 +336,19 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     func copyIn(slot: Int, _ bytes: [UInt8]) {
         for (i, start) in stride(from: 0, to: bytes.count, by: 4096).enumerated() {
             let n = min(4096, bytes.count - start)
+            // SAFETY: n <= 4096 bytes into our own data page (owned by the
+            // domain), from the borrowed array; the backend does not touch
+            // the page until the request is pushed.
             bytes.withUnsafeBytes { domain.page(slotFrames[slot][i]).copyMemory(from: $0.baseAddress! + start, byteCount: n) }
         }
     }
 
     func copyOut(slot: Int, count: Int) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
+        // SAFETY: each copy is at most one page out of our own data page into
+        // the local array; the response was consumed, so the backend has
+        // finished writing the page (a hostile one could still, and would
+        // only corrupt its own test data).
         out.withUnsafeMutableBytes { b in
             for (i, start) in stride(from: 0, to: count, by: 4096).enumerated() {
                 (b.baseAddress! + start).copyMemory(from: domain.page(slotFrames[slot][i]), byteCount: min(4096, count - start))
@@ -362,6 +375,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             guard events.wait(timeoutMilliseconds: timeoutMilliseconds) else {
                 throw BlockFrontendError.timeout("a block response")
             }
+            // SAFETY: our array, borrowed for the call only.
             _ = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
             try events.unmask(port)
         }

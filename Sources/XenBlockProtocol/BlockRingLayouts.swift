@@ -16,7 +16,10 @@ public enum BlockRingX86_64: RingLayout {
     @inlinable
     public static func copyRequest(fromShared slot: UnsafeRawPointer) -> BlockRequest {
         // SAFETY: slot is an 8-aligned 112-byte slot inside the borrowed ring
-        // mapping, valid for the duration of this call.
+        // mapping, valid for the duration of this call. The frontend may
+        // rewrite it meanwhile: each word is read once (relaxed; the caller's
+        // acquiring req_prod load orders these after the index), and the
+        // word count comes from our copy of word 0, never a re-read.
         let shared = slot.assumingMemoryBound(to: Atomic<UInt64>.self)
         var words = InlineArray<14, UInt64>(repeating: 0)
         let head = shared[0].load(ordering: .relaxed)
@@ -63,6 +66,7 @@ public enum BlockRingX86_64: RingLayout {
 
     @inlinable
     public static func encodeRequest(_ request: BlockRequest, into slot: UnsafeMutableRawPointer) {
+        // SAFETY: slot is a private zeroed 112-byte staging buffer, 8-aligned.
         slot.storeBytes(of: request.words, as: InlineArray<14, UInt64>.self)
     }
 
@@ -137,6 +141,8 @@ public enum BlockRingX86_32: RingLayout {
 
     @inlinable
     public static func encodeRequest(_ request: BlockRequest, into slot: UnsafeMutableRawPointer) {
+        // SAFETY: slot is a private zeroed staging buffer of at least 108
+        // bytes; every offset written ends at or before byte 108.
         let words = request.words
         slot.storeBytes(of: UInt32(truncatingIfNeeded: words[0]), as: UInt32.self)
         slot.storeBytes(of: words[1], toByteOffset: Offsets.id, as: UInt64.self)
@@ -171,6 +177,8 @@ public enum BlockRingX86_32: RingLayout {
 /// trailing padding (16 vs 12 bytes), which stays zero.
 @inlinable
 func decodeCommonResponse(from slot: UnsafeRawPointer) -> BlockResponse {
+    // SAFETY: slot is a private copy of the response (12 or 16 bytes), so a
+    // hostile backend cannot change it between these loads.
     BlockResponse(id: slot.loadUnaligned(as: UInt64.self),
                   operation: BlockOperation(rawValue: slot.load(fromByteOffset: 8, as: UInt8.self)),
                   status: BlockStatus(rawValue: slot.loadUnaligned(fromByteOffset: 10, as: Int16.self)))
@@ -178,6 +186,7 @@ func decodeCommonResponse(from slot: UnsafeRawPointer) -> BlockResponse {
 
 @inlinable
 func encodeCommonResponse(_ response: BlockResponse, into slot: UnsafeMutableRawPointer) {
+    // SAFETY: slot is a private zeroed staging buffer; bytes 0..<12 written.
     slot.storeBytes(of: response.id, as: UInt64.self)
     slot.storeBytes(of: response.operation.rawValue, toByteOffset: 8, as: UInt8.self)
     slot.storeBytes(of: response.status.rawValue, toByteOffset: 10, as: Int16.self)

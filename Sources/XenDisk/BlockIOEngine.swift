@@ -46,6 +46,8 @@ package final class BlockIOEngine {
     private var aio: OpaquePointer?
     private var uring: OpaquePointer?
     /// Reap buffers, and for sync the completed-but-unreaped operations.
+    /// SAFETY: `depth` entries each, allocated and initialised in init and
+    /// freed in deinit: owned by this engine, never handed out.
     private let tags: UnsafeMutableBufferPointer<UInt64>
     private let results: UnsafeMutableBufferPointer<Int64>
     /// sync: a queue of completed operations in tags/results.
@@ -69,6 +71,7 @@ package final class BlockIOEngine {
             }
             completionDescriptor = fd
         }
+        // SAFETY: owned by this engine (see the properties), freed in deinit.
         tags = .allocate(capacity: depth)
         tags.initialize(repeating: 0)
         results = .allocate(capacity: depth)
@@ -94,7 +97,11 @@ package final class BlockIOEngine {
 
     /// Queues one operation; false if `depth` are already held (a caller bug:
     /// workers never hold more operations than slots).
-    /// SAFETY: `buffer` must stay valid until the operation is reaped.
+    /// SAFETY: `buffer` must stay valid until the operation is reaped: the
+    /// caller owns it (a bounce buffer or mapped grant pages, or an iovec
+    /// array and what it points to for readv/writev) and keeps it until its
+    /// tag comes back from `reap` or `shutdown` has run. Guest pages may be
+    /// changed by the guest during the I/O; the disk gets whatever is there.
     @inline(__always)
     package func prepare(_ operation: Operation, fd: Int32, buffer: UnsafeMutableRawPointer?, length: Int, offset: UInt64, tag: UInt64) -> Bool {
         switch kind {
@@ -158,6 +165,8 @@ package final class BlockIOEngine {
         }
         // Looked at in user space first: no io_getevents call to learn there is nothing.
         while hasCompletions {
+            // SAFETY: the reap buffers hold `depth` entries; the C side
+            // writes at most that many and keeps no pointer to them.
             let n = kind == .libaio
                 ? Int(CXenAIO_aio_reap(aio, tags.baseAddress, results.baseAddress, Int32(depth)))
                 : Int(CXenAIO_uring_reap(uring, tags.baseAddress, results.baseAddress, Int32(depth)))
@@ -175,6 +184,8 @@ package final class BlockIOEngine {
         case .readv, .writev:
             // One call: O_DIRECT on files and devices moves it all or fails;
             // a short read at the end of a shrunk file is handled by the caller.
+            // SAFETY: for readv/writev the caller passes an array of `length`
+            // iovecs (prepare's contract), valid until this call returns.
             let iov = UnsafePointer(buffer!.assumingMemoryBound(to: iovec.self))
             var n: Int
             repeat {
@@ -182,6 +193,8 @@ package final class BlockIOEngine {
             } while n < 0 && errno == EINTR
             return n < 0 ? -Int64(errno) : Int64(n)
         case .read, .write:
+            // SAFETY: `buffer` holds `length` bytes (prepare's contract);
+            // buffer + done stays inside it.
             var done = 0
             while done < length {
                 let n = operation == .read

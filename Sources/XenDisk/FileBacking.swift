@@ -96,6 +96,7 @@ public final class FileBacking: @unchecked Sendable {
     /// Whether a 512-byte direct read at a 512-byte offset works (file
     /// systems on 4Kn disks, tmpfs and some others refuse it).
     private static func acceptsSectorAlignedDirectIO(_ fd: Int32) -> Bool {
+        // SAFETY: ours for this probe only, freed on return; aligned for O_DIRECT.
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { buffer.deallocate() }
         return pread(fd, buffer, 512, 512) >= 0

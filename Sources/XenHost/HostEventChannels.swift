@@ -24,6 +24,8 @@ public final class HostEventChannelDevice: EventChannelDevice, @unchecked Sendab
     public func bindInterdomain(remoteDomain: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> EventChannelPort {
         // struct ioctl_evtchn_bind_interdomain: remote_domain, remote_port; returns the local port.
         var arg: (UInt32, UInt32) = (UInt32(remoteDomain.rawValue), remotePort.rawValue)
+        // SAFETY: a local tuple of two u32 (8 bytes, the struct's layout),
+        // borrowed for the ioctl only.
         let result = withUnsafeMutableBytes(of: &arg) {
             Syscall.ioctl(fileDescriptor, CXenUAPI_IOCTL_EVTCHN_BIND_INTERDOMAIN, $0.baseAddress, size: 8)
         }
@@ -36,6 +38,7 @@ public final class HostEventChannelDevice: EventChannelDevice, @unchecked Sendab
 
     private func portIoctl(_ request: UInt, _ name: String, _ port: EventChannelPort) throws(EventChannelError) {
         var arg = port.rawValue
+        // SAFETY: a local u32, borrowed for the ioctl only.
         let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fileDescriptor, request, $0.baseAddress, size: 4) }
         if case .failure(let failure) = result {
             if failure.code == ENOTCONN || failure.code == EINVAL { throw .notBound(port) }
@@ -53,6 +56,7 @@ public final class HostEventChannelDevice: EventChannelDevice, @unchecked Sendab
 
     public func unmask(_ port: EventChannelPort) throws(EventChannelError) {
         var value = port.rawValue
+        // SAFETY: a local u32, borrowed for the write only.
         let result = withUnsafeBytes(of: &value) { Syscall.write(fileDescriptor, $0.baseAddress!, count: 4) }
         switch result {
         case .success(4): return
@@ -63,7 +67,9 @@ public final class HostEventChannelDevice: EventChannelDevice, @unchecked Sendab
 
     public func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int {
         guard let base = ports.baseAddress, !ports.isEmpty else { return 0 }
-        // SAFETY: EventChannelPort is a UInt32 wrapper; the kernel writes u32 ports.
+        // SAFETY: EventChannelPort is a UInt32 wrapper; the kernel writes u32
+        // ports, at most ports.count of them, into the caller's buffer, which
+        // is valid for this call.
         switch Syscall.read(fileDescriptor, UnsafeMutableRawPointer(base), count: ports.count * 4) {
         case .success(let bytes): return bytes / 4
         case .failure(let failure) where failure.code == EAGAIN: return 0

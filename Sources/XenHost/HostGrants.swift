@@ -37,6 +37,7 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
             // one, so the error names them; nothing stays mapped.
             var statuses: [GrantStatus] = []
             for i in refs.indices {
+                // SAFETY: a one-element view into the caller's refs, used within this call.
                 let single = UnsafeBufferPointer(rebasing: refs[i...i])
                 switch mapBatch(single, domain, writable) {
                 case .success(let m): try unmap(m); statuses.append(.okay)
@@ -53,6 +54,10 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
     private func mapBatch(_ refs: UnsafeBufferPointer<GrantRef>, _ domain: DomainID, _ writable: Bool) -> Result<GrantMapping, GrantError> {
         let header = CXenUAPI_sizeof_map_grant_ref_header()
         let size = header + 8 * refs.count
+        // SAFETY: `raw` is a stack buffer of exactly header + 8 * count
+        // bytes, 8-aligned, owned by this closure; every store and the index
+        // load stay inside it and the kernel is done with it when the ioctl
+        // returns.
         return withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { raw -> Result<GrantMapping, GrantError> in
             // struct ioctl_gntdev_map_grant_ref: count, pad, index (out), refs[{domid, ref}].
             let arg = raw.baseAddress!
@@ -71,6 +76,8 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
             switch Syscall.mmap(length: length, protection: PROT_READ | (writable ? PROT_WRITE : 0),
                                 flags: MAP_SHARED, fd: fd, offset: Int64(bitPattern: index)) {
             case .success(let base):
+                // SAFETY: the caller owns this mapping (the guest's pages, which
+                // the guest may write at any time) until it passes it to unmap.
                 return .success(GrantMapping(base: base, pageCount: refs.count, domain: domain, writable: writable, handle: index))
             case .failure(let failure):
                 releaseIndex(index, count: refs.count)
@@ -82,10 +89,13 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
     private func releaseIndex(_ index: UInt64, count: Int) {
         // struct ioctl_gntdev_unmap_grant_ref: index, count, pad.
         var arg: (UInt64, UInt32, UInt32) = (index, UInt32(count), 0)
+        // SAFETY: a local 16-byte struct, borrowed for the ioctl only.
         _ = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_UNMAP_GRANT_REF, $0.baseAddress, size: 16) }
     }
 
     public func unmap(_ mapping: GrantMapping) throws(GrantError) {
+        // SAFETY: the caller hands back the mapping map gave it and must not
+        // touch its pages again; the local ioctl struct lives for the call.
         Syscall.munmap(mapping.base, length: mapping.byteCount)
         var arg: (UInt64, UInt32, UInt32) = (mapping.handle, UInt32(mapping.pageCount), 0)
         let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_UNMAP_GRANT_REF, $0.baseAddress, size: 16) }
@@ -101,6 +111,7 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
         if offset != nil { action |= CXenUAPI_UNMAP_NOTIFY_CLEAR_BYTE }
         if port != nil { action |= CXenUAPI_UNMAP_NOTIFY_SEND_EVENT }
         var arg: (UInt64, UInt32, UInt32) = (mapping.handle + UInt64(offset ?? 0), action, port?.rawValue ?? 0)
+        // SAFETY: a local 16-byte struct, borrowed for the ioctl only.
         let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_SET_UNMAP_NOTIFY, $0.baseAddress, size: 16) }
         if case .failure(let failure) = result { throw .system(operation: "IOCTL_GNTDEV_SET_UNMAP_NOTIFY", errno: failure.code) }
     }
@@ -113,6 +124,10 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
         var start = 0
         while start < operations.count {
             let end = min(start + Self.batchLimit, operations.count)
+            // SAFETY: both stack buffers are owned by these closures and sized
+            // for batchLimit segments (each segment written below lies inside
+            // its slot); the kernel reads and writes the segments only during
+            // the ioctl, after which the statuses are read back.
             let failure: GrantError? = withUnsafeTemporaryAllocation(byteCount: segmentSize * Self.batchLimit, alignment: 8) { raw in
                 withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.batchLimit) { slotBuffer in
                     let segments = raw.baseAddress!
@@ -122,6 +137,8 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
                         let op = operations[i]
                         if let status = Self.precheck(op) { operations[i].status = status; continue }
                         if case .local(let s) = op.source, case .local(let d) = op.destination {
+                            // SAFETY: both ends are the caller's memory, valid for
+                            // `length` bytes during this call (its contract).
                             memmove(d, s, Int(op.length))  // no grant involved: no hypercall
                             operations[i].status = .okay
                             continue
@@ -140,6 +157,8 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
                     guard slotCount > 0 else { return nil }
                     // struct ioctl_gntdev_grant_copy: count, pad, segments pointer.
                     var arg: (UInt32, UInt32, UInt) = (UInt32(slotCount), 0, UInt(bitPattern: segments))
+                    // SAFETY: a local struct for the ioctl; the segments it
+                    // points at outlive the call (see above).
                     let result = withUnsafeMutableBytes(of: &arg) { Syscall.ioctl(fd, CXenUAPI_IOCTL_GNTDEV_GRANT_COPY, $0.baseAddress, size: 16) }
                     if case .failure(let failure) = result { return .system(operation: "IOCTL_GNTDEV_GRANT_COPY", errno: failure.code) }
                     for n in 0..<slotCount {
@@ -162,6 +181,8 @@ public final class HostGrants: GrantOperations, @unchecked Sendable {
         return nil
     }
 
+    /// SAFETY: `p` is 8 bytes of a segment in copy's stack buffer; a local
+    /// end's address is the caller's memory, valid until the copy returns.
     static func store(_ end: GrantCopyEndpoint, into p: UnsafeMutableRawPointer, flag: UInt16, flags: inout UInt16) {
         switch end {
         case .local(let pointer):

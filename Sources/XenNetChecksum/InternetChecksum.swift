@@ -1,6 +1,8 @@
 /// RFC 1071 arithmetic.
 public enum InternetChecksum {
     /// Adds `bytes` as big-endian 16-bit words (odd tail padded) to `sum`.
+    /// SAFETY: `bytes` is borrowed for the call; pass private memory, since
+    /// a sum over a page the guest can change proves nothing.
     public static func add(_ bytes: UnsafeRawBufferPointer, to sum: UInt32) -> UInt32 {
         var wide = UInt64(sum)
         var i = 0
@@ -23,6 +25,8 @@ public enum InternetChecksum {
     /// Completes a partial checksum: sums from `start` to the end of the
     /// transport data (`end`) and stores the complement at start+offset.
     public static func complete(frame: UnsafeMutableRawBufferPointer, start: Int, offset: Int, end: Int) {
+        // SAFETY: a slice of the caller's private frame (the slice traps if
+        // start..<end or the checksum field lies outside it), for the call.
         let sum = add(UnsafeRawBufferPointer(rebasing: frame[start..<end]), to: 0)
         var value = ~fold(sum)
         // UDP sends a computed 0 as 0xFFFF (0 means "no checksum").

@@ -6,10 +6,14 @@ import Synchronization
 public final class PacketCapture: Sendable {
     public let path: String
     /// libpcap's dumper, owned here until `close`.
+    /// SAFETY: an opaque C handle: freed exactly once, by close, under the
+    /// lock; nil afterwards so no later write can use it.
     private struct Handle: @unchecked Sendable { var pointer: UnsafeMutableRawPointer? }
     private let handle: Mutex<Handle>
 
     public init(path: String) throws(NetworkSetupError) {
+        // SAFETY: `error` is the 256 bytes CXenNet_pcap_open may write, a
+        // local that outlives the call.
         var error = [CChar](repeating: 0, count: 256)
         guard let h = CXenNet_pcap_open(path, 65535, &error) else {
             let message = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -19,6 +23,8 @@ public final class PacketCapture: Sendable {
         handle = Mutex(Handle(pointer: h))
     }
 
+    /// SAFETY: `frame` is `length` readable bytes the caller owns for the
+    /// call (its private packet buffer); libpcap copies them out.
     package func write(_ frame: UnsafeRawPointer, length: Int) {
         handle.withLock { h in
             guard let p = h.pointer else { return }

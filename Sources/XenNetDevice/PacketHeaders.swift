@@ -25,6 +25,9 @@ public struct VirtioNetHeader: Equatable, Sendable {
 
     public init() {}
 
+    /// SAFETY: `p` is 10 readable bytes of a packet buffer the caller owns
+    /// for the call (private memory the TAP wrote, not a guest page);
+    /// unaligned loads, as the header may sit anywhere.
     public init(from p: UnsafeRawPointer) {
         flags = p.load(as: UInt8.self)
         gsoType = p.load(fromByteOffset: 1, as: UInt8.self)
@@ -34,6 +37,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
         checksumOffset = p.loadUnaligned(fromByteOffset: 8, as: UInt16.self)
     }
 
+    /// SAFETY: `p` is 10 writable bytes the caller owns for the call.
     public func write(to p: UnsafeMutableRawPointer) {
         p.storeBytes(of: flags, as: UInt8.self)
         p.storeBytes(of: gsoType, toByteOffset: 1, as: UInt8.self)
@@ -66,6 +70,10 @@ public struct PacketLayout: Equatable, Sendable {
 
     /// nil for anything else (ARP, IP fragments, other protocols, or
     /// lengths that do not fit the frame).
+    ///
+    /// SAFETY: `frame` is a private copy the caller owns for the call (a
+    /// guest could change shared memory between a check here and its use);
+    /// every index is checked against frame.count before it is read.
     public init?(frame: UnsafeRawBufferPointer) {
         let n = frame.count
         guard n >= 14 else { return nil }
@@ -140,6 +148,8 @@ public struct PacketLayout: Equatable, Sendable {
     public func pseudoHeaderSum(frame: UnsafeRawBufferPointer) -> UInt16 {
         var sum: UInt32 = 0
         let addresses = isIPv6 ? (networkOffset + 8, 32) : (networkOffset + 12, 8)
+        // SAFETY: the layout was parsed from this same private frame, so the
+        // address range lies inside it; the slice view lives for the call.
         sum = InternetChecksum.add(UnsafeRawBufferPointer(rebasing: frame[addresses.0..<(addresses.0 + addresses.1)]), to: sum)
         sum &+= UInt32(transportProtocol)
         sum &+= UInt32(transportLength & 0xFFFF) &+ UInt32(transportLength >> 16)
@@ -149,6 +159,8 @@ public struct PacketLayout: Equatable, Sendable {
     /// Writes the pseudo-header sum into the checksum field, as a stack does
     /// for a packet whose checksum the device is to complete.
     public func preparePartialChecksum(frame: UnsafeMutableRawBufferPointer) {
+        // SAFETY: a read-only view of the caller's private frame, parsed into
+        // this layout, for the call; the checksum field is inside it.
         let sum = pseudoHeaderSum(frame: UnsafeRawBufferPointer(frame))
         let at = transportOffset + checksumOffset
         frame[at] = UInt8(sum >> 8)
@@ -160,6 +172,8 @@ public struct PacketLayout: Equatable, Sendable {
         let at = transportOffset + checksumOffset
         if transportProtocol == 17 && !isIPv6 && frame[at] == 0 && frame[at + 1] == 0 { return true }
         var sum = UInt32(pseudoHeaderSum(frame: frame))
+        // SAFETY: transportOffset + transportLength <= frame.count (checked
+        // when this layout was parsed from the same private frame).
         sum = InternetChecksum.add(UnsafeRawBufferPointer(rebasing: frame[transportOffset..<(transportOffset + transportLength)]), to: sum)
         return InternetChecksum.fold(sum) == 0xFFFF
     }

@@ -81,16 +81,16 @@ public final class TapDevice: Sendable {
         }
         guard count > current.count else { return }
         guard multiQueue || count == 1 else { throw NetworkSetupError("\(name) was made single-queue; asked for \(count) queues", errno: EINVAL) }
-        let name = self.name, multi = multiQueue ? Int32(1) : 0
+        let name = self.name, multi = multiQueue
         let added = try namespace.run { () throws(NetworkSetupError) -> [Int32] in
             var fds: [Int32] = []
             for _ in current.count..<count {
-                let fd = CXenNet_tap_open(name, multi, Int32(VirtioNetHeader.size))
-                if fd < 0 {
+                switch InterfaceControl.openTap(name, multiQueue: multi, vnetHeaderSize: Int32(VirtioNetHeader.size)) {
+                case .success(let fd): fds.append(fd)
+                case .failure(let e):
                     for f in fds { close(f) }
-                    throw NetworkSetupError("creating TAP \(name)", errno: -fd)
+                    throw NetworkSetupError("creating TAP \(name)", errno: e.code)
                 }
-                fds.append(fd)
             }
             return fds
         }
@@ -100,7 +100,9 @@ public final class TapDevice: Sendable {
     /// Whether the interface is still there (someone may `ip link del` it).
     public var exists: Bool {
         let name = self.name
-        return (try? namespace.run { () throws(NetworkSetupError) -> Bool in CXenNet_link_index(name) >= 0 }) ?? false
+        return (try? namespace.run { () throws(NetworkSetupError) -> Bool in
+            if case .success = InterfaceControl.index(of: name) { return true } else { return false }
+        }) ?? false
     }
 
     /// What the kernel may hand us on reads (TUN_F_*): only what the
@@ -112,35 +114,40 @@ public final class TapDevice: Sendable {
         if checksum && tcpv4 { flags |= CXenNet_TUN_F_TSO4 }
         if checksum && tcpv6 { flags |= CXenNet_TUN_F_TSO6 }
         for fd in queueDescriptors {
-            let r = CXenNet_tap_set_offload(fd, flags)
-            if r < 0 { throw NetworkSetupError("TUNSETOFFLOAD on \(name)", errno: -r) }
+            if case .failure(let e) = InterfaceControl.setOffload(fd, flags) {
+                throw NetworkSetupError("TUNSETOFFLOAD on \(name)", errno: e.code)
+            }
         }
     }
 
     /// Link carrier (the backend's view of whether the frontend is there).
     /// Older kernels lack TUNSETCARRIER: then the link state alone tells.
     public func setCarrier(_ on: Bool) {
-        _ = CXenNet_tap_set_carrier(queueDescriptors[0], on ? 1 : 0)
+        _ = InterfaceControl.setCarrier(queueDescriptors[0], on)
     }
 
     public func configure(mtu: Int?, mac: [UInt8]?, up: Bool, bridge: String?) throws(NetworkSetupError) {
         let name = self.name
         try namespace.run { () throws(NetworkSetupError) in
             if let mac {
-                let r = mac.withUnsafeBufferPointer { CXenNet_link_set_mac(name, $0.baseAddress!) }
-                if r < 0 { throw NetworkSetupError("setting the MAC address of \(name)", errno: -r) }
+                if case .failure(let e) = InterfaceControl.setMAC(name, mac) {
+                    throw NetworkSetupError("setting the MAC address of \(name)", errno: e.code)
+                }
             }
             if let mtu {
-                let r = CXenNet_link_set_mtu(name, Int32(mtu))
-                if r < 0 { throw NetworkSetupError("setting MTU \(mtu) on \(name)", errno: -r) }
+                if case .failure(let e) = InterfaceControl.setMTU(name, Int32(mtu)) {
+                    throw NetworkSetupError("setting MTU \(mtu) on \(name)", errno: e.code)
+                }
             }
             if let bridge {
-                let r = CXenNet_bridge_add(bridge, name)
-                // Already a port of it: fine (a reconnect).
-                if r < 0 && r != -EBUSY { throw NetworkSetupError("adding \(name) to bridge \(bridge)", errno: -r) }
+                // Already a port of it (EBUSY): fine (a reconnect).
+                if case .failure(let e) = InterfaceControl.bridge(bridge, add: true, name), e.code != EBUSY {
+                    throw NetworkSetupError("adding \(name) to bridge \(bridge)", errno: e.code)
+                }
             }
-            let r = CXenNet_link_set_up(name, up ? 1 : 0)
-            if r < 0 { throw NetworkSetupError("setting \(name) \(up ? "up" : "down")", errno: -r) }
+            if case .failure(let e) = InterfaceControl.setUp(name, up) {
+                throw NetworkSetupError("setting \(name) \(up ? "up" : "down")", errno: e.code)
+            }
         }
     }
 }

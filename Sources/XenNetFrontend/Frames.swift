@@ -10,6 +10,7 @@ public enum Frames {
     static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
 
     static func checksum(_ bytes: [UInt8], initial: UInt32 = 0) -> UInt16 {
+        // SAFETY: a view of the local array for the call only.
         bytes.withUnsafeBytes { ~InternetChecksum.fold(InternetChecksum.add($0, to: initial)) }
     }
 
@@ -46,6 +47,7 @@ public enum Frames {
                            sourcePort: Int, destinationPort: Int, payload: [UInt8], partialChecksum: Bool = false) -> [UInt8] {
         var udp = be16(sourcePort) + be16(destinationPort) + be16(8 + payload.count) + [0, 0] + payload
         let pseudo = sourceIP + destinationIP + [0, 17] + be16(udp.count)
+        // SAFETY: a view of the local array for the call only.
         let sum = pseudo.withUnsafeBytes { InternetChecksum.add($0, to: 0) }
         let c: UInt16 = partialChecksum ? InternetChecksum.fold(sum) : { let v = checksum(udp, initial: sum); return v == 0 ? 0xFFFF : v }()
         udp[6] = UInt8(c >> 8); udp[7] = UInt8(c & 0xFF)
@@ -59,6 +61,7 @@ public enum Frames {
         var tcp = be16(sourcePort) + be16(destinationPort) + be32(sequence) + be32(1) + [0x50, 0x18] + be16(65535) + [0, 0, 0, 0] + payload
         let v6 = sourceIP.count == 16
         let pseudo = sourceIP + destinationIP + (v6 ? be32(UInt32(tcp.count)) + [0, 0, 0, 6] : [0, 6] + be16(tcp.count))
+        // SAFETY: a view of the local array for the call only.
         let sum = InternetChecksum.fold(pseudo.withUnsafeBytes { InternetChecksum.add($0, to: 0) })
         tcp[16] = UInt8(sum >> 8); tcp[17] = UInt8(sum & 0xFF)
         if v6 {

@@ -215,6 +215,8 @@ public final class NetFrontendQueue: @unchecked Sendable {
         self.index = index
         self.domain = domain
         self.backend = backend
+        // SAFETY: the domain owns these pages for its life, longer than this
+        // queue; the backend writes them at any time, the rings copy out.
         txRing = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[0]), pageCount: 1))
         rxRing = try FrontRing(initializing: SharedRingMemory(base: domain.page(ringFrames[1]), pageCount: 1))
         txRingRef = try domain.grantAccess(to: backend, frame: ringFrames[0], readOnly: false)
@@ -266,6 +268,8 @@ public final class NetFrontendQueue: @unchecked Sendable {
     // MARK: Transmit
 
     /// The guest page behind transmit id `id` (hostile tests fill it).
+    /// SAFETY: our own page, owned by the domain for its life and granted
+    /// read-only to the backend; write it only while `id` is not in flight.
     public func txPage(_ id: UInt16) -> UnsafeMutableRawPointer { domain.page(txFrames[Int(id)]) }
 
     /// Sends one frame: split over pages (one slot per 4 KiB), with a GSO
@@ -280,6 +284,8 @@ public final class NetFrontendQueue: @unchecked Sendable {
         for p in 0..<pages {
             let id = freeTxIDs.removeLast()
             let start = p * 4096, count = min(4096, frame.count - start)
+            // SAFETY: `id` is free (taken from freeTxIDs), so the backend is not
+            // reading its page; count <= 4096 bytes from inside the frame.
             frame.withUnsafeBytes { txPage(id).copyMemory(from: $0.baseAddress! + start, byteCount: count) }
             var flags: NetTxFlags = p + 1 < pages ? [.moreData] : []
             if p == 0 {
@@ -362,6 +368,7 @@ public final class NetFrontendQueue: @unchecked Sendable {
     }
 
     func drainEvents() throws {
+        // SAFETY: our array, borrowed for the call only.
         let n = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
         for i in 0..<n { try events.unmask(pendingPorts[i]) }
     }
@@ -416,6 +423,10 @@ public final class NetFrontendQueue: @unchecked Sendable {
             let page = domain.page(rxFrames[Int(at)])
             let n = Int(r.status), offset = Int(r.offset)
             guard offset + n <= 4096 else { throw NetFrontendError.frame("rx response offset \(offset) + \(n) crosses the page") }
+            // SAFETY: offset + n <= 4096 (checked just above) inside our own
+            // receive page; the backend wrote it before publishing the
+            // response and may not touch it again until we repost it, but a
+            // hostile one could: it is copied out once, here.
             bytes += UnsafeRawBufferPointer(start: page + offset, count: n)
         }
         try postReceiveBuffers()
@@ -439,6 +450,7 @@ public final class NetFrontendControl: @unchecked Sendable {
 
     init(domain: any GuestDomain, backend: DomainID, events: any GuestEventChannelDevice, frames: [UInt32]) throws {
         self.domain = domain
+        // SAFETY: as for the queues' rings: the domain's page outlives us.
         ring = try FrontRing(initializing: SharedRingMemory(base: domain.page(frames[0]), pageCount: 1))
         ringRef = try domain.grantAccess(to: backend, frame: frames[0], readOnly: false)
         self.events = events
@@ -454,6 +466,8 @@ public final class NetFrontendControl: @unchecked Sendable {
     }
 
     /// The page whose grant `scratchGrant` names (keys and tables go here).
+    /// SAFETY: our own page, owned by the domain, granted read-only to the
+    /// backend; fill it before sending the request that names it.
     public var scratch: UnsafeMutableRawPointer { domain.page(scratchFrame) }
 
     /// Sends one request and waits for its response: (status, data).
@@ -466,6 +480,7 @@ public final class NetFrontendControl: @unchecked Sendable {
             if let r = ring.nextResponse(before: producer) { return (r.status, r.data) }
             if ring.finalCheckForResponses() { continue }
             guard events.wait(timeoutMilliseconds: 10_000) else { throw NetFrontendError.timeout("a control response") }
+            // SAFETY: our array, borrowed for the call only.
             let n = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
             for i in 0..<n { try events.unmask(pendingPorts[i]) }
         }
@@ -491,6 +506,8 @@ extension NetFrontendQueue {
         for id in 0..<txFrames.count {
             let part = id % pages
             let start = part * 4096, count = min(4096, frame.count - start)
+            // SAFETY: nothing is in flight (awaitTransmitIdle above), so no
+            // page is being read; count <= 4096 bytes from inside the frame.
             frame.withUnsafeBytes { txPage(UInt16(id)).copyMemory(from: $0.baseAddress! + start, byteCount: count) }
         }
         let slotsPerFrame = pages + (gso == nil ? 0 : 1)

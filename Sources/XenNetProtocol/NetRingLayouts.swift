@@ -5,9 +5,12 @@ public enum NetTxRing: RingLayout {
     public static var entrySize: Int { 12 }
     public static var requestSize: Int { 12 }
     public static var responseSize: Int { 4 }
+    // SAFETY: for all four coders below, `slot` is never the shared page but a
+    // private RingEntryBuffer (8-aligned, 12 bytes used: every offset fits),
+    // copied in or out once by XenRing, so a peer cannot change a field
+    // between decoding and use.
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetTxSlot {
-        // SAFETY: slot is a private 8-aligned copy of 12 bytes.
         NetTxSlot(low: slot.load(as: UInt64.self), high: slot.load(fromByteOffset: 8, as: UInt32.self))
     }
     @inlinable
@@ -31,6 +34,10 @@ public enum NetRxRing: RingLayout {
     public static var entrySize: Int { 8 }
     public static var requestSize: Int { 8 }
     public static var responseSize: Int { 8 }
+    // SAFETY: for all four coders below, `slot` is never the shared page but a
+    // private RingEntryBuffer (8-aligned, 8 bytes used: every offset fits),
+    // copied in or out once by XenRing, so a peer cannot change a field
+    // between decoding and use.
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetRxRequest {
         NetRxRequest(id: slot.load(as: UInt16.self), grant: slot.load(fromByteOffset: 4, as: UInt32.self))
@@ -55,6 +62,10 @@ public enum NetControlRing: RingLayout {
     public static var entrySize: Int { 16 }
     public static var requestSize: Int { 16 }
     public static var responseSize: Int { 12 }
+    // SAFETY: for all four coders below, `slot` is never the shared page but a
+    // private RingEntryBuffer (8-aligned, 16 bytes used: every offset fits),
+    // copied in or out once by XenRing, so a peer cannot change a field
+    // between decoding and use.
     @inlinable
     public static func decodeRequest(from slot: UnsafeRawPointer) -> NetControlRequest {
         NetControlRequest(id: slot.load(as: UInt16.self),

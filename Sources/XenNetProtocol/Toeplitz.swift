@@ -5,6 +5,7 @@ public enum ToeplitzHash {
     /// Hashes `input` with `key`. Key bits past its end count as zero, as in
     /// netif.h's description, so any key length is valid.
     public static func hash(key: some Collection<UInt8>, input: some Collection<UInt8>) -> UInt32 {
+        // SAFETY: both views borrow temporary arrays for the call only.
         Array(key).withUnsafeBytes { k in Array(input).withUnsafeBytes { hash(key: k, input: $0) } }
     }
 

@@ -1,5 +1,6 @@
 import CXenShims
 import Synchronization
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,13 +26,16 @@ public final class IdleReactor: Sendable {
     private struct Parked {
         var descriptors: [Int32]
         var resume: @Sendable () -> Void
+        /// `park` is still adding descriptors: one that fires meanwhile is
+        /// noted here instead of closing descriptors `park` is still using.
+        var arming = true
+        var firedWhileArming = false
     }
-    private let epoll: Int32
+    private let epoll: Epoll
     private let state = Mutex<(next: UInt64, parked: [UInt64: Parked], started: Bool)>((1, [:], false))
 
     init() {
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        precondition(epoll >= 0, "epoll_create1 failed: errno \(errno)")
+        do { epoll = try Epoll() } catch { preconditionFailure("epoll_create1 failed: \(error)") }
     }
 
     /// Entries waiting (tests and metrics).
@@ -49,34 +53,42 @@ public final class IdleReactor: Sendable {
             return (id, !s.started)
         }
         if start { JoinableThread { self.loop() }.detach() }
-        for fd in descriptors {
-            var event = epoll_event()
-            event.events = EPOLLIN.rawValue
-            event.data.u64 = id
-            if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
-                // Cannot watch it: do not strand the worker, resume it now.
-                wake(id)
-                return
-            }
+        // Cannot watch one (EPERM, EEXIST): do not strand the worker, resume it now.
+        let watched = descriptors.allSatisfy { fd in
+            if case .failure = epoll.add(fd, for: .readable, token: id) { return false }
+            return true
         }
+        let fireNow = state.withLock { s -> Bool in
+            s.parked[id]!.arming = false
+            return !watched || s.parked[id]!.firedWhileArming
+        }
+        if fireNow { wake(id) }
+    }
+
+    /// A descriptor of entry `id` is readable (the reactor's thread).
+    private func fired(_ id: UInt64) {
+        let armed = state.withLock { s -> Bool in
+            guard s.parked[id]?.arming == true else { return true }
+            s.parked[id]!.firedWhileArming = true
+            return false
+        }
+        if armed { wake(id) }
     }
 
     private func wake(_ id: UInt64) {
         guard let entry = state.withLock({ $0.parked.removeValue(forKey: id) }) else { return }
         for fd in entry.descriptors {
-            var unused = epoll_event()
-            _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &unused)
+            _ = epoll.remove(fd)  // ENOENT if park never got to it
             close(fd)
         }
         entry.resume()
     }
 
     private func loop() {
-        var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
-            let n = epoll_wait(epoll, &events, Int32(events.count), -1)
-            if n < 0 { continue }  // EINTR
-            for i in 0..<Int(n) { wake(events[i].data.u64) }
+            // Level-triggered: an entry still arming is reported again until
+            // `park` finishes and wakes it.
+            _ = epoll.wait(timeoutMilliseconds: -1, maximumEvents: 64) { token, _ in fired(token) }
         }
     }
 }

@@ -15,6 +15,9 @@ public struct ChildProcessError: Error, CustomStringConvertible {
 /// so however we die, even by SIGKILL, xenback programs stop with us.
 public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
+    /// SAFETY: the stdio stream fdopen made over our pipe end: owned by
+    /// this object and closed by `wait`; `line`, `hasOutput` and
+    /// `outputDescriptor` are for before `wait` only.
     private let output: UnsafeMutablePointer<FILE>
     public var outputDescriptor: Int32 { fileno(output) }
     private var exitStatus: Int32?
@@ -49,6 +52,9 @@ public final class ChildProcess: @unchecked Sendable {
         let argv = arguments.map { strdup($0) } + [nil]
         // The environment, with the lifeline's descriptor number in place of
         // any inherited from our own parent.
+        // SAFETY: `environ` is the C library's NULL-terminated array, walked
+        // up to its terminator and copied (strdup) before anything could
+        // change it; the copies are ours and freed by the defer below.
         var environment = [UnsafeMutablePointer<CChar>?]()
         var entry: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = environ
         while let variable = entry.pointee {

@@ -30,6 +30,7 @@ public enum ParentLifeline {
         var thread = pthread_t()
         // The descriptor travels in the context pointer (offset so that 0
         // is never a null pointer); the thread owns it from here on.
+        // SAFETY: the pointer is never dereferenced: it only carries the number.
         let created = pthread_create(&thread, nil, { context in
             let fd = Int32(Int(bitPattern: context) - 1)
             var byte: UInt8 = 0

@@ -44,6 +44,9 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public func unconsumedRequests() -> UInt32 {
         // Acquiring: requests counted here are then read, after this load.
+        // SAFETY: `memory` is borrowed from whoever mapped the ring and
+        // outlives this ring value; the frontend may move req_prod at any
+        // time, so it is read once, atomically, and then bounded.
         let producer = memory.index(at: SharedRingMemory.requestProducerOffset).pointee.load(ordering: .acquiring)
         let published = producer &- _requestConsumer.rawValue
         let room = size &- (_requestConsumer &- _responseProducerPrivate)
@@ -59,6 +62,8 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public mutating func readRequestProducer() throws(RingError) -> RingIndex {
         guard !_isHalted else { throw .halted }
+        // Acquiring (see above). SAFETY: one atomic read of the peer's index
+        // in the borrowed mapping; only this snapshot is used and checked.
         let producer = RingIndex(memory.index(at: SharedRingMemory.requestProducerOffset).pointee.load(ordering: .acquiring))
         let ahead = producer &- _responseProducerPrivate
         if ahead > size || ahead < (_requestConsumer &- _responseProducerPrivate) {
@@ -77,6 +82,10 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     public mutating func nextRequest(before producer: RingIndex) -> Layout.Request? {
         guard !_isHalted, _requestConsumer != producer,
               (_requestConsumer &- _responseProducerPrivate) < size else { return nil }
+        // SAFETY: the masked slot lies inside the borrowed mapping; the
+        // frontend may rewrite it at any time, so it is copied out once
+        // (relaxed atomic loads, ordered by the acquiring req_prod load that
+        // produced `producer`) and only the private copy is decoded.
         let slot = memory.entry(_requestConsumer.rawValue & mask, entrySize: Layout.entrySize)
         let request = Layout.copyRequest(fromShared: slot)
         _requestConsumer = _requestConsumer &+ 1
@@ -91,6 +100,8 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     public func peekRequest(before producer: RingIndex) -> Layout.Request? {
         guard !_isHalted, _requestConsumer != producer,
               (_requestConsumer &- _responseProducerPrivate) < size else { return nil }
+        // SAFETY: as in nextRequest: a masked slot of the borrowed mapping,
+        // copied out once; the copy may already be stale.
         return Layout.copyRequest(fromShared: memory.entry(_requestConsumer.rawValue & mask, entrySize: Layout.entrySize))
     }
 
@@ -104,6 +115,10 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public mutating func produceResponse(_ response: Layout.Response) {
         precondition(canProduceResponse, "more responses than consumed requests")
+        // SAFETY: the masked slot lies inside the borrowed mapping and is
+        // ours to write (its request was consumed, its response not yet
+        // published); relaxed atomic stores, published by pushResponses'
+        // releasing store of rsp_prod.
         let slot = memory.entry(_responseProducerPrivate.rawValue & mask, entrySize: Layout.entrySize)
         Layout.writeResponse(response, to: slot)
         _responseProducerPrivate = _responseProducerPrivate &+ 1
@@ -122,6 +137,8 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
         // Full fence: the index store is visible before we read rsp_event (mb);
         // otherwise we and a frontend going to sleep could both miss the event.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // Relaxed: the fence above already orders this load after the store;
+        // rsp_event guards no data, it only decides whether to notify.
         let event = RingIndex(memory.index(at: SharedRingMemory.responseEventOffset).pointee.load(ordering: .relaxed))
         return (new &- event) < (new &- old)
     }

@@ -56,6 +56,9 @@ public struct FrontRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public mutating func produceRequest(_ request: Layout.Request) {
         precondition(!isFull, "request produced on a full ring")
+        // SAFETY: the masked slot lies inside the borrowed mapping and is
+        // free (not full: its response was consumed); relaxed atomic stores,
+        // published by pushRequests' releasing store of req_prod.
         let slot = memory.entry(_requestProducerPrivate.rawValue & mask, entrySize: Layout.entrySize)
         Layout.writeRequest(request, to: slot)
         _requestProducerPrivate = _requestProducerPrivate &+ 1
@@ -71,6 +74,7 @@ public struct FrontRing<Layout: RingLayout>: ~Copyable {
         publishedRequests = new
         // Full fence: the index is visible before we read req_event (mb).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // Relaxed: ordered after the store by the fence; req_event guards no data.
         let event = RingIndex(memory.index(at: SharedRingMemory.requestEventOffset).pointee.load(ordering: .relaxed))
         return (new &- event) < (new &- old)
     }
@@ -87,6 +91,8 @@ public struct FrontRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public func unconsumedResponses() -> UInt32 {
         // Acquiring: responses counted here are read after this load.
+        // SAFETY: the backend may move rsp_prod at any time (and may be
+        // hostile): one atomic read of the borrowed mapping, then bounded.
         let producer = memory.index(at: SharedRingMemory.responseProducerOffset).pointee.load(ordering: .acquiring)
         return min(producer &- _responseConsumer.rawValue, _requestProducerPrivate &- _responseConsumer)
     }
@@ -96,6 +102,8 @@ public struct FrontRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public mutating func readResponseProducer() throws(RingError) -> RingIndex {
         guard !_isHalted else { throw .halted }
+        // Acquiring (see above). SAFETY: one atomic read of the peer's index
+        // in the borrowed mapping; only this snapshot is used and checked.
         let producer = RingIndex(memory.index(at: SharedRingMemory.responseProducerOffset).pointee.load(ordering: .acquiring))
         if (producer &- _responseConsumer) > (_requestProducerPrivate &- _responseConsumer) {
             _isHalted = true
@@ -109,6 +117,9 @@ public struct FrontRing<Layout: RingLayout>: ~Copyable {
     @inlinable
     public mutating func nextResponse(before producer: RingIndex) -> Layout.Response? {
         guard !_isHalted, _responseConsumer != producer else { return nil }
+        // SAFETY: a masked slot of the borrowed mapping; the backend may
+        // rewrite it at any time, so it is copied out once (relaxed loads,
+        // ordered by the acquiring rsp_prod load) and the copy decoded.
         let slot = memory.entry(_responseConsumer.rawValue & mask, entrySize: Layout.entrySize)
         let response = Layout.copyResponse(from: slot)
         _responseConsumer = _responseConsumer &+ 1

@@ -56,6 +56,9 @@ public struct RingEntryBuffer {
     /// and the range a multiple of 8, so 8-byte loads may be used.
     @inlinable
     public mutating func copy(fromShared source: UnsafeRawPointer, bytes range: Range<Int>, wideWords: Bool) {
+        // SAFETY: `destination` is this buffer's own 128 bytes, borrowed for
+        // the closure; `range` lies within the slot (and within capacity,
+        // checked by checkGeometry), which the caller keeps mapped.
         withUnsafeMutableBytes { destination in
             if wideWords && (range.lowerBound | range.upperBound) & 7 == 0 {
                 for offset in stride(from: range.lowerBound, to: range.upperBound, by: 8) {
@@ -78,6 +81,9 @@ public struct RingEntryBuffer {
     /// caller's releasing store of the producer index publishes them.
     @inlinable
     public func copy(toShared destination: UnsafeMutableRawPointer, byteCount: Int, wideWords: Bool) {
+        // SAFETY: `source` is this buffer, borrowed for the closure; plain
+        // loads are fine there, it is private. `byteCount` is at most the
+        // slot's size (checkGeometry), and the caller keeps the slot mapped.
         withUnsafeBytes { source in
             if wideWords && byteCount & 7 == 0 {
                 for offset in stride(from: 0, to: byteCount, by: 8) {
@@ -98,12 +104,15 @@ public struct RingEntryBuffer {
     /// Scoped access to the private bytes; the pointer must not escape `body`.
     @inlinable
     public mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
+        // SAFETY: points at `words`, exclusively borrowed for the call; an
+        // InlineArray of UInt64 is contiguous, 8-aligned and trivially typed.
         try Swift.withUnsafeMutablePointer(to: &words) { try body(UnsafeMutableRawPointer($0)) }
     }
 
     /// Scoped read-only access to the private bytes.
     @inlinable
     public func withUnsafeBytes<R>(_ body: (UnsafeRawPointer) throws -> R) rethrows -> R {
+        // SAFETY: a read-only view of (a copy of) `words`, valid during `body` only.
         try Swift.withUnsafePointer(to: words) { try body(UnsafeRawPointer($0)) }
     }
 }
@@ -114,6 +123,8 @@ extension RingLayout {
 
     @inlinable
     public static func copyRequest(fromShared slot: UnsafeRawPointer) -> Request {
+        // SAFETY: reads `requestSize` bytes of the shared slot once into a
+        // private stack copy; decoding sees only the copy, never the slot.
         var copy = RingEntryBuffer()
         copy.copy(fromShared: slot, bytes: 0..<requestSize, wideWords: slotsAreEightByteAligned)
         return copy.withUnsafeBytes { decodeRequest(from: $0) }
@@ -139,6 +150,8 @@ extension RingLayout {
 
     @inlinable
     static func copyResponse(from slot: UnsafeRawPointer) -> Response {
+        // SAFETY: as copyRequest: one read of the shared slot into a private
+        // copy, which alone is decoded.
         var copy = RingEntryBuffer()
         copy.copy(fromShared: slot, bytes: 0..<responseSize, wideWords: slotsAreEightByteAligned)
         return copy.withUnsafeBytes { decodeResponse(from: $0) }
@@ -150,6 +163,8 @@ extension RingLayout {
     /// bytes, which it wrote and we only read: nothing of ours is left there.
     @inlinable
     static func writeResponse(_ response: Response, to slot: UnsafeMutableRawPointer) {
+        // SAFETY: encoding writes only the private zeroed buffer (entrySize
+        // <= capacity); the one write to the shared slot is the copy below.
         var staged = RingEntryBuffer()
         staged.withUnsafeMutableBytes { encodeResponse(response, into: $0) }
         staged.copy(toShared: slot, byteCount: responseSize, wideWords: slotsAreEightByteAligned)
@@ -157,6 +172,8 @@ extension RingLayout {
 
     @inlinable
     static func writeRequest(_ request: Request, to slot: UnsafeMutableRawPointer) {
+        // SAFETY: as writeResponse: encode privately, then one copy into the
+        // slot, rounded up to whole 4-byte words still within the slot.
         var staged = RingEntryBuffer()
         staged.withUnsafeMutableBytes { encodeRequest(request, into: $0) }
         staged.copy(toShared: slot, byteCount: (wireLength(of: request) + 3) & ~3, wideWords: slotsAreEightByteAligned)

@@ -36,6 +36,8 @@ public struct SharedRingMemory: @unchecked Sendable {
     public let byteCount: Int
 
     /// Wraps `byteCount` bytes at `base`. `base` must be 8-byte aligned.
+    /// SAFETY: the caller owns the mapping and keeps all `byteCount` bytes
+    /// mapped for as long as this value or any ring over it is used.
     public init(base: UnsafeMutableRawPointer, byteCount: Int) {
         precondition(Int(bitPattern: base) % 8 == 0, "ring memory must be 8-byte aligned")
         precondition(byteCount > SharedRingMemory.entriesOffset, "ring memory smaller than its header")
@@ -74,6 +76,10 @@ public struct SharedRingMemory: @unchecked Sendable {
     /// Address of entry `slot` (already masked).
     @inlinable
     func entry(_ slot: UInt32, entrySize: Int) -> UnsafeMutableRawPointer {
+        // SAFETY: callers pass a slot masked below the ring size, which
+        // checkGeometry fitted into byteCount, so the entry is inside the
+        // borrowed mapping. The peer writes it at will: callers only copy it
+        // out or in through RingEntryBuffer's atomic word copies.
         base + SharedRingMemory.entriesOffset + Int(slot) &* entrySize
     }
 
@@ -82,6 +88,9 @@ public struct SharedRingMemory: @unchecked Sendable {
     /// Only the frontend initialises the header.
     @inlinable
     func initializeHeader(at index: RingIndex) {
+        // SAFETY: bytes 16..<64 of the borrowed mapping (init checked it is
+        // larger than the header). Plain stores: the ring is not shared with
+        // the backend until the frontend advertises it.
         (base + 16).initializeMemory(as: UInt8.self, repeating: 0, count: SharedRingMemory.entriesOffset - 16)
         // Relaxed: nothing is published yet; the ring is handed over through
         // xenstore, whose messages order these stores for the backend.

@@ -1,4 +1,4 @@
-import CXenShims
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,15 +9,21 @@ import Glibc
 final class SharedPages: @unchecked Sendable {
     let fd: Int32
     let pageCount: Int
-    /// This process's view of all pages; valid until deinit.
-    let base: UnsafeMutableRawPointer
+    /// This process's view of all pages. Owned by this object: unmapped when
+    /// it goes (after `fd` is closed; the mapping holds its own reference).
+    private let mapping: MappedMemory
+    /// This process's view of all pages; valid while this object lives.
+    var base: UnsafeMutableRawPointer { mapping.base }
 
     convenience init(name: String, pageCount: Int) throws(SimError) {
-        let fd = CXenShims_memfd_create(name, CXenShims_MFD_CLOEXEC)
-        guard fd >= 0 else { throw .system("memfd_create", errno) }
+        let fd: Int32
+        switch Syscall.memfdCreate(name) {
+        case .success(let d): fd = d
+        case .failure(let e): throw .system("memfd_create", e.code)
+        }
         guard ftruncate(fd, off_t(pageCount * 4096)) == 0 else {
             let e = errno
-            close(fd)
+            Syscall.close(fd)
             throw .system("ftruncate", e)
         }
         try self.init(adopting: fd, pageCount: pageCount)
@@ -25,22 +31,21 @@ final class SharedPages: @unchecked Sendable {
 
     /// Maps pages of a memfd another process created; takes ownership of `fd`.
     init(adopting fd: Int32, pageCount: Int) throws(SimError) {
-        let p = mmap(nil, pageCount * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else {
-            let e = errno
-            close(fd)
-            throw .system("mmap", e)
+        do {
+            mapping = try MappedMemory(file: fd, length: pageCount * 4096)
+        } catch {
+            Syscall.close(fd)
+            throw .system("mmap", error.code)
         }
         self.fd = fd
         self.pageCount = pageCount
-        self.base = p
     }
 
-    deinit {
-        munmap(base, pageCount * 4096)
-        close(fd)
-    }
+    deinit { Syscall.close(fd) }
 
+    /// SAFETY: in bounds only for `frame < pageCount` (callers check); the
+    /// pointer is valid while this object lives. The guest (or its process)
+    /// writes these pages at any time: callers copy out what they check.
     func page(_ frame: UInt32) -> UnsafeMutableRawPointer { base + Int(frame) * 4096 }
 }
 

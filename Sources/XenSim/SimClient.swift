@@ -183,6 +183,7 @@ public final class RemoteEventChannelDevice: EventChannelDevice, @unchecked Send
         do { reply = try client.call(.pending, [device, UInt32(min(ports.count, SimWire.maximumWords - 2))]).values }
         catch { throw .system(operation: "pending", errno: Self.code(of: error)) }
         let n = min(Int(reply.first ?? 0), reply.count - 1, ports.count)
+        // SAFETY: n <= ports.count; the caller's buffer, valid for the call.
         for i in 0..<n { ports[i] = EventChannelPort(reply[1 + i]) }
         return n
     }

@@ -67,6 +67,8 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
     }
 
     /// The guest's own view of page `frame` (valid while the domain lives).
+    /// SAFETY: the domain's SharedPages own the mapping; backends may map
+    /// the same page at any time, so it is shared memory, not private.
     public func page(_ frame: UInt32) -> UnsafeMutableRawPointer {
         precondition(Int(frame) < pageCount, "frame \(frame) outside \(pageCount) pages")
         return memory.page(frame)
@@ -74,7 +76,8 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
 
     func flags(_ ref: UInt32) -> UnsafePointer<Atomic<UInt16>> {
         // SAFETY: ref < grantEntryCount (checked by callers); the table
-        // mapping lives as long as the domain.
+        // mapping lives as long as the domain. Guest and backends change the
+        // flags concurrently, so they are only ever touched atomically.
         UnsafePointer((grantTable.base + Int(ref) * GrantFlags.entrySize).assumingMemoryBound(to: Atomic<UInt16>.self))
     }
 
@@ -89,6 +92,11 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
         word.pointee.store(UInt32(min(readers, 0xFFFF)) << 16 | UInt32(min(writers, 0xFFFF)), ordering: .releasing)
     }
 
+    // Relaxed: read after an acquiring load or exchange of the entry's flags,
+    // which the guest stored (releasing) after these fields. SAFETY: ref <
+    // grantEntryCount (callers check), inside the domain's table mapping; the
+    // guest may rewrite the entry at any time, so callers read each field
+    // once and check that copy.
     func entryDomain(_ ref: UInt32) -> UInt16 {
         (grantTable.base + Int(ref) * GrantFlags.entrySize + 2).assumingMemoryBound(to: Atomic<UInt16>.self).pointee.load(ordering: .relaxed)
     }
@@ -108,6 +116,8 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
             if refs.free.isEmpty { retryDeferred(&refs) }
             return refs.free.popLast()
         }) {
+            // Acquire-release: the claim orders against other processes'
+            // claims and revocations of the same entry.
             let (exchanged, _) = flags(ref).pointee.compareExchange(expected: 0, desired: GrantFlags.claimed, ordering: .acquiringAndReleasing)
             guard exchanged else { continue }
             writeEntry(ref, domain: domain.rawValue, frame: frame,
@@ -122,6 +132,9 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
     /// Tests use it to plant arbitrary (hostile) entries too.
     public func writeEntry(_ ref: UInt32, domain: UInt16, frame: UInt32, flags value: UInt16) {
         precondition(ref < grantEntryCount)
+        // SAFETY: ref checked above, inside the table mapping the domain
+        // owns. Relaxed stores of domid and frame, then a releasing store of
+        // the flags publishes them to whoever acquires the flags.
         let entry = grantTable.base + Int(ref) * GrantFlags.entrySize
         (entry + 2).assumingMemoryBound(to: Atomic<UInt16>.self).pointee.store(domain, ordering: .relaxed)
         (entry + 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.store(frame, ordering: .relaxed)
@@ -166,6 +179,9 @@ public final class SimDomain: GuestDomain, @unchecked Sendable {
 
     /// Clears the entry unless the busy bits say a mapping or copy holds it.
     private func tryEnd(_ ref: UInt32) -> Bool {
+        // Acquiring load and acquire-release exchange: a backend's busy bits
+        // (set with an exchange, cleared with a releasing AND) are seen
+        // before the entry is cleared for reuse.
         var current = flags(ref).pointee.load(ordering: .acquiring)
         while true {
             if current & (GrantFlags.reading | GrantFlags.writing) != 0 { return false }

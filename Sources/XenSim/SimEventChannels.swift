@@ -151,6 +151,7 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
         _ = read(fileDescriptor, &count, 8)  // nonblocking
         let (n, more) = queue.withLock { q -> (Int, Bool) in
             let n = min(ports.count, q.pending.count)
+            // SAFETY: n <= ports.count; the caller's buffer, valid for the call.
             for i in 0..<n { ports[i] = EventChannelPort(q.pending[i]) }
             q.pending.removeFirst(n)
             return (n, !q.pending.isEmpty)

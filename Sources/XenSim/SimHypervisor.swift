@@ -21,6 +21,8 @@ public final class SimHypervisor: @unchecked Sendable {
         var backend: UInt16
         var refs: [UInt32]
         var writable: Bool
+        /// SAFETY: the reservation SimGrants.map made; this entry owns it
+        /// until SimGrants.unmap removes the entry and unmaps it.
         var base: UnsafeMutableRawPointer
         var clearByte: Int?
         var notifyPort: UInt32?
@@ -103,6 +105,10 @@ public final class SimHypervisor: @unchecked Sendable {
              in s: inout State) -> Result<UInt32, GrantStatus> {
         guard ref < granter.grantEntryCount else { return .failure(.badGrantRef) }
         let flags = granter.flags(ref)
+        // Acquiring: the entry's domid and frame, stored before the flags by
+        // the guest (releasing), are read after this. The guest may change
+        // the entry at any moment: the exchange below sets the busy bits only
+        // if the flags are still what we checked, and the frame is read once.
         var current = flags.pointee.load(ordering: .acquiring)
         while true {
             guard current & GrantFlags.typeMask == GrantFlags.permitAccess else { return .failure(.badGrantRef) }
@@ -111,6 +117,8 @@ public final class SimHypervisor: @unchecked Sendable {
             let busy = GrantFlags.reading | (write ? GrantFlags.writing : 0)
             if current & busy == busy { break }
             // Set the busy bits only if the guest did not change the entry meanwhile.
+            // Acquire-release: orders against the guest's releasing flag
+            // stores and its revoking exchange on the same word.
             let (exchanged, original) = flags.pointee.compareExchange(
                 expected: current, desired: current | busy, ordering: .acquiringAndReleasing)
             if exchanged { break }
@@ -141,6 +149,8 @@ public final class SimHypervisor: @unchecked Sendable {
         if count.readers == 0 { clear |= GrantFlags.reading }
         s.pins[key] = count.readers == 0 ? nil : count
         granter.recordPins(ref, readers: count.readers, writers: count.writers)
+        // Acquire-release: our accesses to the page happen before the guest
+        // sees the busy bits clear and reuses the entry.
         if clear != 0 { granter.flags(ref).pointee.bitwiseAnd(~clear, ordering: .acquiringAndReleasing) }
     }
 }

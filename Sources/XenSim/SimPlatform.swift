@@ -1,5 +1,6 @@
 import Synchronization
 import XenPlatform
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,19 +59,29 @@ public final class SimGrants: GrantOperations {
                 return .failure(.mapFailed(domain: domain, refs: Array(refs), statuses: statuses))
             }
             // One contiguous reservation, then each guest page mapped over its slot.
+            // SAFETY: the reservation is ours from here; on success it belongs
+            // to the mapping entry `handle` (and the GrantMapping the backend
+            // holds) until `unmap` removes the entry and unmaps it; on failure
+            // we unmap it before returning. The guest writes the pages mapped
+            // into it at any time: the backend copies out what it checks.
             let bytes = refs.count * 4096
-            guard let reserved = mmap(nil, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), reserved != MAP_FAILED else {
+            let reserved: UnsafeMutableRawPointer
+            switch Syscall.mmap(length: bytes, protection: PROT_NONE, flags: MAP_PRIVATE | MAP_ANONYMOUS, fd: -1, offset: 0) {
+            case .success(let p): reserved = p
+            case .failure(let e):
                 undoPins()
-                return .failure(.system(operation: "mmap", errno: errno))
+                return .failure(.system(operation: "mmap", errno: e.code))
             }
             let protection = PROT_READ | (writable ? PROT_WRITE : 0)
             for (i, frame) in frames.enumerated() {
-                let p = mmap(reserved + i * 4096, 4096, protection, MAP_SHARED | MAP_FIXED, granter.memory.fd, off_t(Int(frame) * 4096))
-                if p == MAP_FAILED {
-                    let e = errno
-                    munmap(reserved, bytes)
+                // SAFETY: slot i lies inside the reservation we own; MAP_FIXED
+                // replaces only those 4096 bytes.
+                let slot = Syscall.mmap(at: reserved + i * 4096, length: 4096, protection: protection, flags: MAP_SHARED | MAP_FIXED,
+                                        fd: granter.memory.fd, offset: Int64(frame) * 4096)
+                if case .failure(let e) = slot {
+                    Syscall.munmap(reserved, length: bytes)
                     undoPins()
-                    return .failure(.system(operation: "mmap", errno: e))
+                    return .failure(.system(operation: "mmap", errno: e.code))
                 }
             }
             let handle = s.nextMapping
@@ -88,8 +99,10 @@ public final class SimGrants: GrantOperations {
             guard let m = s.mappings.removeValue(forKey: mapping.handle), m.backend == backend.rawValue else {
                 return .failure(.invalidArgument("unknown grant mapping \(mapping.handle)"))
             }
+            // SAFETY: the entry owned this reservation and is gone now, so we
+            // unmap it here; `offset` was checked against its size when set.
             if let offset = m.clearByte, m.writable { m.base.storeBytes(of: UInt8(0), toByteOffset: offset, as: UInt8.self) }
-            munmap(m.base, m.refs.count * 4096)
+            Syscall.munmap(m.base, length: m.refs.count * 4096)
             if let granter = s.domains[m.domain] {
                 for ref in m.refs { hypervisor.unpin(ref, of: granter, write: m.writable, in: &s) }
             }
@@ -117,6 +130,7 @@ public final class SimGrants: GrantOperations {
 
     public func copy(_ operations: UnsafeMutableBufferPointer<GrantCopyOperation>) throws(GrantError) {
         hypervisor.withState { s in
+            // SAFETY: the caller's buffer, valid for the call; in-bounds indices.
             for i in operations.indices {
                 operations[i].status = copyOne(operations[i], in: &s)
             }
@@ -141,6 +155,7 @@ public final class SimGrants: GrantOperations {
                 case .failure(let status): return .failure(status)
                 case .success(let frame):
                     if write { pinnedDestination = (granter, ref.rawValue) } else { pinnedSource = (granter, ref.rawValue) }
+                    // SAFETY: frame < pageCount (pin checked it), offset + length <= 4096.
                     return .success(granter.memory.page(frame) + Int(offset))
                 }
             }
@@ -155,7 +170,9 @@ public final class SimGrants: GrantOperations {
         case .success(let p): destination = p
         }
         // SAFETY: both ends are within one page (checked) of memory that
-        // stays mapped while the state lock is held.
+        // stays mapped while the state lock is held (a local end is the
+        // caller's, valid for the call). The guest may write its page during
+        // the copy; a copy promises no more than that, like Xen's.
         memmove(destination, source, Int(op.length))
         return .okay
     }

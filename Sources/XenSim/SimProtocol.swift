@@ -29,6 +29,9 @@ enum SimWire {
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw .system("socket path too long: \(path)", ENAMETOOLONG) }
+        // SAFETY: `address` is a local; the path fits with its NUL (checked
+        // above), and the sockaddr view lives only for `body`, which the
+        // kernel calls (bind, connect) do not outlast.
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
@@ -41,6 +44,7 @@ enum SimWire {
     static func send(_ socket: Int32, _ words: [UInt32], fds: [Int32] = []) -> Bool {
         var bytes = [UInt8]()
         bytes.reserveCapacity(words.count * 4)
+        // SAFETY: views of local arrays, borrowed for the sendmsg call only.
         for w in words { withUnsafeBytes(of: w.littleEndian) { bytes.append(contentsOf: $0) } }
         let sent = bytes.withUnsafeBytes { b in
             fds.withUnsafeBufferPointer { CXenShims_send_with_fds(socket, b.baseAddress, UInt(b.count), $0.baseAddress, Int32(fds.count)) }
@@ -54,6 +58,8 @@ enum SimWire {
         var buffer = [UInt8](repeating: 0, count: maximumWords * 4)
         var fds = [Int32](repeating: -1, count: 8)
         var count: Int32 = 0
+        // SAFETY: local arrays, borrowed for the recvmsg call only; it writes
+        // at most b.count bytes and 8 descriptors.
         let n = buffer.withUnsafeMutableBytes { b in
             fds.withUnsafeMutableBufferPointer { CXenShims_receive_with_fds(socket, b.baseAddress, UInt(b.count), $0.baseAddress, 8, &count) }
         }

@@ -124,6 +124,7 @@ public final class SimServer: @unchecked Sendable {
             let otherLedgers = others.compactMap { $0[domid] }
             // SAFETY: each ledger maps a u32 per entry of this domain and lives
             // while referenced here; its writer is gone or writes other refs.
+            // Acquiring: pairs with the writer's releasing store in recordPins.
             func pins(_ l: SharedPages, _ ref: UInt32) -> UInt32 {
                 (l.base + Int(ref) * 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .acquiring)
             }
@@ -137,6 +138,8 @@ public final class SimServer: @unchecked Sendable {
                 var clear: UInt16 = 0
                 if held & 0xFFFF != 0 && elsewhere & 0xFFFF == 0 && !here.writing { clear |= GrantFlags.writing }
                 if held >> 16 != 0 && elsewhere >> 16 == 0 && !here.reading { clear |= GrantFlags.reading }
+                // Acquire-release, as in unpin: the closed client's pins end
+                // before the guest sees the entry free.
                 if clear != 0 { domain.flags(ref).pointee.bitwiseAnd(~clear, ordering: .acquiringAndReleasing) }
             }
             if released > 0 {
@@ -205,6 +208,7 @@ public final class SimServer: @unchecked Sendable {
                 case .pending:
                     let limit = Int(min(r[2], UInt32(SimWire.maximumWords - 2)))
                     var ports = [EventChannelPort](repeating: EventChannelPort(0), count: limit)
+                    // SAFETY: `ports` is a local array, borrowed for the call only.
                     let n = try ports.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try device.takePending(into: b) }
                     return ([0, UInt32(n)] + ports.prefix(n).map(\.rawValue), [])
                 case .eventsClose:

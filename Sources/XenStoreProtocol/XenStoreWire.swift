@@ -160,6 +160,7 @@ public struct XenStoreMessage: Hashable, Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(XenStoreLimits.headerSize + payload.count)
         for field in [type.rawValue, requestID, transactionID, UInt32(payload.count)] {
+            // SAFETY: a view of a local integer's bytes, used only to copy them.
             withUnsafeBytes(of: field.littleEndian) { bytes.append(contentsOf: $0) }
         }
         bytes.append(contentsOf: payload)

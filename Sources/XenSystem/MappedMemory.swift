@@ -7,6 +7,8 @@ import Glibc
 /// pages that were touched take memory.
 public struct MappedMemory: ~Copyable, @unchecked Sendable {
     /// Valid for `length` bytes until this value is consumed or dropped.
+    /// SAFETY: owned by this value alone (non-copyable): borrowers of `base`
+    /// must not keep it past the owner's life; deinit unmaps it once.
     public let base: UnsafeMutableRawPointer
     public let length: Int
 

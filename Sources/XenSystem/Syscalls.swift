@@ -89,6 +89,8 @@ public enum Syscall {
     public static func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, size: Int) -> Result<Int32, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
+            // SAFETY: the caller owns `size` bytes at `argument` for the call
+            // (this function's contract); they are copied before the handler runs.
             let bytes = argument.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
             return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), argument).map { Int32($0) }
         }
@@ -96,18 +98,42 @@ public enum Syscall {
         return retrying("ioctl") { CXenShims_ioctl(fd, request, argument) }
     }
 
-    public static func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
+    /// Maps `length` bytes; the caller owns the mapping until it passes it
+    /// to `munmap` (or wraps it in a `MappedMemory`, which does). `address`
+    /// with MAP_FIXED replaces pages of a mapping the caller already owns
+    /// (one slot of a reservation); the record does not show it.
+    /// An ioctl whose argument is a plain integer, not a pointer (TUNSETOFFLOAD
+    /// takes its flags so); the record shows the value's bytes.
+    public static func ioctl(_ fd: Int32, _ request: UInt, value: UInt) -> Result<Int32, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            // SAFETY: a view of a local integer, copied at once.
+            let bytes = withUnsafeBytes(of: value) { Array($0) }
+            return mocked(mock, .ioctl(fd: fd, request: request, argument: bytes), nil).map { Int32($0) }
+        }
+        #endif
+        // SAFETY: not a pointer: the kernel takes the argument word as the
+        // value itself and dereferences nothing.
+        return retrying("ioctl") { CXenShims_ioctl(fd, request, UnsafeMutableRawPointer(bitPattern: value)) }
+    }
+
+    public static func mmap(at address: UnsafeMutableRawPointer? = nil, length: Int, protection: Int32, flags: Int32,
+                            fd: Int32, offset: Int64) -> Result<UnsafeMutableRawPointer, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {
             switch mock.record(.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset), nil) {
             case .error(let e): return .failure(Errno(e))
             case .result:
-                let p = Glibc.mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                // SAFETY: stands in with private anonymous memory the caller
+                // then owns exactly as it would the real mapping (MAP_FIXED
+                // only over its own reservation).
+                let fixed = address != nil ? flags & MAP_FIXED : 0
+                let p = Glibc.mmap(address, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed, -1, 0)
                 return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
             }
         }
         #endif
-        let p = Glibc.mmap(nil, length, protection, flags, fd, off_t(offset))
+        let p = Glibc.mmap(address, length, protection, flags, fd, off_t(offset))
         guard let p, p != MAP_FAILED else {
             let e = errno
             failOnOwnBug("mmap", e)
@@ -116,6 +142,8 @@ public enum Syscall {
         return .success(p)
     }
 
+    /// SAFETY: the caller gives up a mapping it owns (from mmap); nothing
+    /// may touch those pages afterwards.
     public static func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.munmap(length: length), address) }
@@ -123,6 +151,7 @@ public enum Syscall {
         if Glibc.munmap(address, length) != 0 { failOnOwnBug("munmap", errno) }
     }
 
+    /// SAFETY: `buffer` is `count` writable bytes the caller owns for the call.
     public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { return mocked(mock, .read(fd: fd, count: count), buffer) }
@@ -130,6 +159,7 @@ public enum Syscall {
         return retrying("read") { Glibc.read(fd, buffer, count) }
     }
 
+    /// SAFETY: `buffer` is `count` readable bytes the caller owns for the call.
     public static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Result<Int, Errno> {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current {

@@ -135,6 +135,7 @@ struct DemoCommand: AsyncParsableCommand {
         }
         var diskOpen = true, nicOpen = netfront != nil
         while diskOpen || nicOpen {
+            // Relaxed: a flag guarding no data.
             if DemoSignal.interrupted.load(ordering: .relaxed) { front.signal(SIGTERM); netfront?.signal(SIGTERM) }
             var fds = [pollfd(fd: diskOpen ? front.outputDescriptor : -1, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: nicOpen ? netfront!.outputDescriptor : -1, events: Int16(POLLIN), revents: 0)]
@@ -219,12 +220,14 @@ struct DemoCommand: AsyncParsableCommand {
         var template = Array("/tmp/xenback-demo-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw ValidationError("cannot create a directory in /tmp") }
         // The template is NUL-terminated; mkdtemp filled in its X's.
+        // SAFETY: the local, NUL-terminated array, read within the closure.
         return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 }
 
 /// Ctrl-C asks the guest to stop; the demo then tears everything down.
 enum DemoSignal {
+    /// Relaxed loads and stores throughout: a flag that guards no data.
     static let interrupted = Atomic<Bool>(false)
     static func install() {
         signal(SIGINT) { _ in DemoSignal.interrupted.store(true, ordering: .relaxed) }

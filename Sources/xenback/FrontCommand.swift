@@ -149,6 +149,7 @@ struct BlockFrontCommand: AsyncParsableCommand {
         let readOnly = d.info.contains(.readOnly)
         func shortTimeouts() { for q in front.queues { q.responseTimeoutMilliseconds = 2_000 } }
         shortTimeouts()
+        // Relaxed: a flag with nothing to publish; seeing it a pass late is fine.
         while clock.now < end && !SoakSignal.stop.load(ordering: .relaxed) {
             let started = clock.now
             var ops = 0, bytes: UInt64 = 0, errors = 0
@@ -252,6 +253,7 @@ enum SoakSignal {
             readFD = fds[0]; writeFD = fds[1]
         }
         let handler: @convention(c) (Int32) -> Void = { _ in
+            // Relaxed: the flag guards no data; the pipe write wakes sleepers.
             SoakSignal.stop.store(true, ordering: .relaxed)
             var byte: UInt8 = 1
             _ = write(SoakSignal.writeFD, &byte, 1)  // async-signal-safe
@@ -265,6 +267,7 @@ enum SoakSignal {
         install()
         var p = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
         let deadline = ContinuousClock.now + .seconds(seconds)
+        // Relaxed, as above.
         while !stop.load(ordering: .relaxed) {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { return }

@@ -242,6 +242,8 @@ extension TapDevice {
     /// returns frames written. The raw-TAP baseline.
     func blast(_ frame: [UInt8], header: VirtioNetHeader, until deadline: Int) -> Int {
         var bytes = [UInt8](repeating: 0, count: VirtioNetHeader.size) + frame
+        // SAFETY: views of the local array (header size + frame bytes), used
+        // only within each closure.
         bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
         let fd = queueDescriptors[0]
         var written = 0

@@ -151,6 +151,7 @@ struct NetFrontCommand: AsyncParsableCommand {
         if serve > 0 {
             let idle = Int32(clamping: serve * 1000)
             // SIGTERM (guest destroy) ends the serving; the device is then closed properly.
+            // Relaxed load: the flag guards no data.
             DemoSignal.install()
             let answered = try await onOwnThread {
                 try queue.serve(mac: mac, ip: address, idleMilliseconds: idle, until: { DemoSignal.interrupted.load(ordering: .relaxed) })

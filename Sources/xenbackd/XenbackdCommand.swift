@@ -199,6 +199,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         let temporary = path + ".tmp"
         let fd = open(temporary, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return }
+        // SAFETY: a view of the local array for the write only.
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         if written == bytes.count { rename(temporary, path) } else { unlink(temporary) }

@@ -19,6 +19,9 @@ void CXenAIO_aio_destroy(CXenAIO_aio *ctx);
 /// Queues one operation (not yet submitted): 0, or -EAGAIN if `depth`
 /// operations are already queued or in flight. For READV/WRITEV, `buffer`
 /// is a `struct iovec` array and `length` its count.
+/// SAFETY: the caller owns `buffer` (and for READV/WRITEV the iovec array
+/// and every buffer it names) and keeps it valid until the operation's tag
+/// comes back from reap, or until destroy has returned.
 int CXenAIO_aio_prepare(CXenAIO_aio *ctx, int kind, int fd, void *buffer, size_t length, int64_t offset, uint64_t tag);
 /// Submits everything queued: the number submitted, or -errno. Operations
 /// the kernel refused are completed with their error and returned by reap.

@@ -11,6 +11,13 @@
 #include <xen/xen.h>
 #include <xen/grant_table.h>
 
+// SAFETY: `shared` in every function below is the ring area the Swift
+// caller owns (RingPages) and keeps mapped until both peer threads have been
+// joined; the front/back structs are ours (calloc) until cxr_*_free. The
+// other peer writes the area concurrently; ring.h's macros read each index
+// once and order it against the slots with these fences: mb orders an index
+// store before the following event load, rmb an index load before the slot
+// loads, wmb the slot stores before the index store.
 #define mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #if defined(__x86_64__) || defined(__i386__)
 #define rmb() __asm__ __volatile__("" ::: "memory")

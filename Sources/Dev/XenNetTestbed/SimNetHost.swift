@@ -100,6 +100,8 @@ public final class NetworkLab: Sendable {
         defer { closedir(directory) }
         var stale: [String] = []
         while let entry = readdir(directory) {
+            // SAFETY: readdir's entry is valid until the next readdir on this
+            // stream; d_name is copied out at once.
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard name.hasPrefix("xbh-") || name.hasPrefix("xbp-") else { continue }
             let fields = name.dropFirst(4).split(separator: "-")
@@ -143,6 +145,7 @@ extension TapDevice {
     /// Writes one frame with a virtio-net header.
     public func inject(_ frame: [UInt8], header: VirtioNetHeader = VirtioNetHeader(), queue: Int = 0) -> Bool {
         var bytes = [UInt8](repeating: 0, count: VirtioNetHeader.size) + frame
+        // SAFETY: the local array, header size + frame bytes, for the closure only.
         bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
         return write(queueDescriptors[queue], bytes, bytes.count) == bytes.count
     }

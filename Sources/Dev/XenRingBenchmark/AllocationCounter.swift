@@ -12,6 +12,8 @@ public enum AllocationCounter {
         MallocInterposerSwift.initialize()
         MallocInterposerSwift.reset()
         MallocInterposerSwift.hook()
+        // SAFETY: allocated and freed on the spot, never touched: only the
+        // interposer's count of it matters.
         let probe = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
         probe.deallocate()
         MallocInterposerSwift.unhook()

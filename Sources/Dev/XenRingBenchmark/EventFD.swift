@@ -1,5 +1,6 @@
 import CXenShims
 import XenPlatform
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,15 +59,17 @@ enum EventChannelSim {
 
 /// Page-aligned anonymous memory standing in for a granted ring area.
 public final class RingPages: @unchecked Sendable {
-    public let base: UnsafeMutableRawPointer
-    public let byteCount: Int
+    /// SAFETY: owned by this object and unmapped when it goes; rings made
+    /// over `base` borrow it and must not outlive it. Zeroed when mapped.
+    private let memory: MappedMemory
+    public var base: UnsafeMutableRawPointer { memory.base }
+    public var byteCount: Int { memory.length }
 
     public init(pageCount: Int) {
-        byteCount = pageCount * 4096
-        let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        precondition(p != MAP_FAILED, "mmap of \(pageCount) ring pages failed")
-        base = p!
+        do {
+            memory = try MappedMemory(anonymous: pageCount * 4096)
+        } catch {
+            preconditionFailure("mmap of \(pageCount) ring pages failed: \(error)")
+        }
     }
-
-    deinit { munmap(base, byteCount) }
 }

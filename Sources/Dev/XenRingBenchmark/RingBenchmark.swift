@@ -110,6 +110,8 @@ public struct RingBenchmark: Sendable {
     /// `start` sets every index, so a run can cross the 2^32 wrap.
     public static func runPair(frontend frontImpl: Implementation, backend backImpl: Implementation,
                                configuration: Configuration, start: RingIndex) throws -> Run {
+        // SAFETY: `pages` owns the ring area; withExtendedLifetime below keeps
+        // it mapped until both peer threads, which borrow it, are joined.
         let pages = RingPages(pageCount: configuration.pages)
         let memory = try SharedRingMemory(base: pages.base, pageCount: configuration.pages)
         switch frontImpl {
@@ -128,6 +130,8 @@ public struct RingBenchmark: Sendable {
         let pin = CXenShims_available_cpus() >= 2
         func waitForGo() {
             AllocationCounter.measureThisThread()
+            // Releasing add / acquiring load: each peer's setup is done before
+            // the main thread sees it ready, and the start signal before we go.
             ready.add(1, ordering: .releasing)
             while !go.load(ordering: .acquiring) { sched_yield() }
         }
@@ -165,6 +169,8 @@ public struct RingBenchmark: Sendable {
                 }
                 backStats.withLock { $0 = s }
             }
+            // Acquiring, pairing with the peers' releasing adds; the releasing
+            // store of `go` below pairs with their acquiring loads.
             while ready.load(ordering: .acquiring) < 2 { sched_yield() }
             AllocationCounter.start()
             let t0 = monotonicSeconds()
