@@ -67,7 +67,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     }
     let slotCount: Int
     let maximumSegments: Int
-    /// All owned here, made in init, freed in deinit.
+    /// SAFETY: the tables below are owned by the worker: allocated and
+    /// initialised in init, freed in deinit, touched only by the worker's
+    /// thread; slot i's rows are indexed by a slot number we handed out,
+    /// never by anything the guest wrote.
     let slots: UnsafeMutableBufferPointer<Slot>
     let freeSlots: UnsafeMutableBufferPointer<Int>
     var freeSlotCount: Int
@@ -85,6 +88,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     let persistentGrants: PersistentGrantTable<Platform.Grants>?
     /// Scratch for the request being started: its indirect pages and a
     /// grant-copy batch (used synchronously, never while I/O is in flight).
+    /// SAFETY: owned like the tables above; the indirect pages are our own
+    /// copy, made by grant copy, so the guest cannot change them under us.
     let indirect: UnsafeMutableRawPointer
     let copies: UnsafeMutableBufferPointer<GrantCopyOperation>
     /// A WRITE_BARRIER waiting for earlier I/O to finish; nothing further
@@ -263,6 +268,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 // Taken and re-enabled before the next pass looks at the
                 // ring, so a kick during that pass is not lost.
                 let spurious: Int
+                // SAFETY: `pending` is this call's own scratch, lent for the take.
                 do { spurious = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try holds.takeEvents(from: events, into: b, worker: self) } }
                 catch { drain(); throw .eventChannel(error) }
                 if spurious > 0 { statistics.add(.spuriousEvents, UInt64(spurious)) }
@@ -417,6 +423,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// Answers the slot's request and frees the slot.
     private func finish(slot: Int, status: BlockStatus) {
         if slots[slot].persistent {
+            // SAFETY: slot's rows of the worker's own segment table.
             let table = segmentTable.baseAddress! + slot * maximumSegments
             for i in 0..<slots[slot].segmentCount { persistentGrants?.release(table[i].grant) }
             slots[slot].persistent = false
@@ -436,10 +443,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         case .flushBefore, .flushAfter, .flushOnly:
             queued = engine.prepare(.fdatasync, fd: backing.fd, buffer: nil, length: 0, offset: 0, tag: UInt64(slot))
         case .data where s.persistent:
+            // SAFETY: the slot's iovecs point into guest pages the persistent
+            // grant table keeps mapped until `finish` releases them, after
+            // the engine has completed the operation.
             queued = engine.prepare(s.write ? .writev : .readv, fd: backing.fd,
                                     buffer: UnsafeMutableRawPointer(iovecs.baseAddress! + slot * maximumSegments),
                                     length: s.segmentCount, offset: s.sector * 512, tag: UInt64(slot))
         case .data:
+            // SAFETY: the slot's part of the bounce buffer, ours until `finish`.
             queued = engine.prepare(s.write ? .write : .read, fd: backing.fd, buffer: bounce + slot * slotBytes,
                                     length: s.byteCount, offset: s.sector * 512, tag: UInt64(slot))
         case .free:
@@ -485,6 +496,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// rest reads as zeros.
     private func zeroTail(slot: Int, from done: Int) {
         let s = slots[slot]
+        // SAFETY: `done` ≤ byteCount (the engine's result, checked by the
+        // caller), so the zeroed tail stays in the slot's own bytes or in the
+        // guest pages its iovecs map.
         guard s.persistent else {
             (bounce + slot * slotBytes + done).initializeMemory(as: UInt8.self, repeating: 0, count: s.byteCount - done)
             return
@@ -512,6 +526,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // buffer the disk sees one segment, where 256 scattered guest pages
         // make it split the request (1 MiB reads measured 2.3x faster so).
         guard let persistentGrants, slots[slot].segmentCount <= Self.persistentSegmentLimit else { return false }
+        // SAFETY: slot's rows of our own tables; each iovec points into a page
+        // `acquire` mapped, at a sector range `check(segment:)` kept in the page.
         let table = segmentTable.baseAddress! + slot * maximumSegments
         let vectors = iovecs.baseAddress! + slot * maximumSegments
         let count = slots[slot].segmentCount
@@ -535,6 +551,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// if a page could not be copied or a segment is invalid.
     private func gatherSegments(_ request: BlockRequest, slot: Int, count: Int, indirectPages: Int) -> Int? {
         guard count <= maximumSegments else { return nil }
+        // SAFETY: slot's rows of our own segment table; at most
+        // `maximumSegments` are written (checked above).
         let table = segmentTable.baseAddress! + slot * maximumSegments
         if indirectPages == 0 {
             for i in 0..<count { table[i] = request.segment(i) }
@@ -548,6 +566,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             do { try platform.grants.copy(batch) } catch { return nil }
             for p in 0..<indirectPages where !copies[p].status.isOkay { return nil }
             // The pages are a private copy now: read each segment from it once.
+            // SAFETY: 8 * count ≤ indirectPages * 4096 (BlockValidation sized
+            // the indirect pages from the segment count).
             for i in 0..<count { table[i] = BlockSegment(wireWord: indirect.load(fromByteOffset: 8 * i, as: UInt64.self)) }
         }
         var total = 0
@@ -563,6 +583,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// Grant-copies every segment of `slot` between the guest and the slot's
     /// bounce buffer, where the segments lie back to back.
     private func copyData(slot: Int, intoGuest: Bool) -> Bool {
+        // SAFETY: our own tables and the slot's bounce bytes; the segments'
+        // lengths were checked (at most a page each, byteCount in total).
         let table = segmentTable.baseAddress! + slot * maximumSegments
         let data = bounce + slot * slotBytes
         let count = slots[slot].segmentCount

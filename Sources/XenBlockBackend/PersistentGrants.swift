@@ -22,6 +22,8 @@ final class PersistentGrantTable<Grants: GrantOperations> {
         var holders: Int32 = 0
     }
     let capacity: Int
+    /// SAFETY: both tables are owned here (allocated in init, freed in
+    /// deinit) and used only by the ring's worker thread.
     private let entries: UnsafeMutableBufferPointer<Entry>
     /// Open addressing over `buckets` (a power of two ≥ 2·capacity): entry
     /// index + 1, 0 empty, -1 deleted.
@@ -85,6 +87,9 @@ final class PersistentGrantTable<Grants: GrantOperations> {
     /// The page granted as `ref`, mapped writable, held for one request
     /// (give it back with `release`); nil if it cannot be mapped or the
     /// table is full of held entries.
+    /// SAFETY: the page stays mapped while held: an entry with holders is
+    /// never evicted, and `unmapAll` runs only once nothing is in flight.
+    /// The guest may change its bytes at any time (it is the guest's data).
     func acquire(_ ref: UInt32) -> UnsafeMutableRawPointer? {
         clock &+= 1
         let (slot, found) = find(ref)
@@ -116,6 +121,7 @@ final class PersistentGrantTable<Grants: GrantOperations> {
     private func insert(_ ref: UInt32, at index: Int, slot: Int) -> UnsafeMutableRawPointer? {
         var r = GrantRef(ref)
         let mapping: GrantMapping
+        // SAFETY: `r` outlives the call that reads it.
         do { mapping = try withUnsafePointer(to: &r) { try grants.map(UnsafeBufferPointer(start: $0, count: 1), of: domain, writable: true) } }
         catch { return nil }
         maps += 1

@@ -28,7 +28,9 @@ final class NetControlService<Platform: XenPlatform> {
     var port: EventChannelPort { binding.port }
     let queueCount: Int
     let settings: HashState
-    /// One page for keys and tables copied from the guest; owned here.
+    /// One page for keys and tables copied from the guest.
+    /// SAFETY: owned here (allocated in init, freed in deinit), used on
+    /// queue 0's thread only; filled by grant copy, so reads see our copy.
     let scratch: UnsafeMutableRawPointer
 
     init(platform: Platform, frontend: DomainID, setup: NetControlSetup, events: Platform.Events,
@@ -78,6 +80,7 @@ final class NetControlService<Platform: XenPlatform> {
         guard length > 0 else { return true }
         var op = GrantCopyOperation(source: .grant(GrantRef(ref), domain: frontend, offset: 0),
                                     destination: .local(scratch), length: UInt16(length))
+        // SAFETY: `op` outlives the copy that reads and updates it.
         let ok: Bool = withUnsafeMutablePointer(to: &op) { p in
             (try? platform.grants.copy(UnsafeMutableBufferPointer(start: p, count: 1))) != nil
         }

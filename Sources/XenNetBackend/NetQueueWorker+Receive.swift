@@ -14,6 +14,7 @@ import XenNetDevice
 extension NetQueueWorker {
     var rxRoom: Bool { rxCount < Self.receiveQueueCapacity && rxQueuedBytes < options.receiveQueueBytes }
 
+    /// SAFETY: queue entry `index` (< receiveQueueCapacity) of our own buffers.
     func rxBuffer(_ index: Int) -> UnsafeMutableRawPointer { rxBuffers + index * Self.packetStride }
 
     /// Reads what the TAP has into the queue, while it has room; prepares
@@ -23,6 +24,8 @@ extension NetQueueWorker {
         steering?.inboxes[queueIndex].drain(while: { rxRoom }) { entry, frame in
             if stalled { statistics.add(.rxDropped); return }
             let index = (rxHead + rxCount) % Self.receiveQueueCapacity
+            // SAFETY: the inbox lends its frame for this call; entry.length
+            // was checked against the stride when the frame was read.
             (rxBuffer(index) + VirtioNetHeader.size).copyMemory(from: frame, byteCount: entry.length)
             var entry = entry
             entry.enqueued = now
@@ -63,6 +66,7 @@ extension NetQueueWorker {
     func prepare(buffer: UnsafeMutableRawPointer, count n: Int) -> RxEntry? {
         guard n >= VirtioNetHeader.size + PacketLayout.ethernetHeaderLength else { return nil }
         let length = n - VirtioNetHeader.size
+        // SAFETY: the bytes the TAP just wrote into our own buffer (n ≤ stride).
         let frame = UnsafeMutableRawBufferPointer(start: buffer + VirtioNetHeader.size, count: length)
         let header = VirtioNetHeader(from: buffer)
         var entry = RxEntry(length: length)
@@ -220,6 +224,8 @@ extension NetQueueWorker {
     func flushReceive() {
         guard rxPendingCount > 0 else { return }
         if rxCopyCount > 0 {
+            // SAFETY: the batch's first rxCopyCount operations, in our own table;
+            // their sources are queued frames, which stay until the flush.
             do { try platform.grants.copy(UnsafeMutableBufferPointer(rebasing: rxCopies[0..<rxCopyCount])) } catch {
                 for i in 0..<rxCopyCount { rxCopies[i].status = .generalError }
             }

@@ -41,6 +41,7 @@ extension NetQueueWorker {
             count += 4
         }
         let key = hashCache.key
+        // SAFETY: both are locals, borrowed for the hash alone.
         return withUnsafeBytes(of: key) { k in
             withUnsafeBytes(of: input) { inp in
                 (ToeplitzHash.hash(key: k, input: UnsafeRawBufferPointer(rebasing: inp[0..<count])), type)

@@ -92,6 +92,7 @@ extension NetQueueWorker {
             }
         }
         if copies > 0 {
+            // SAFETY: the batch's first `copies` operations, in our own table.
             do { try platform.grants.copy(UnsafeMutableBufferPointer(rebasing: txCopies[0..<copies])) } catch {
                 // The batch could not run at all: every packet in it fails.
                 for i in 0..<copies { txCopies[i].status = .generalError }
@@ -171,6 +172,9 @@ extension NetQueueWorker {
         var fragments = 0
         var dropWhy: StaticString?
         var more = first.flags.contains(.moreData)
+        // SAFETY: packet `slot` (< transmitBatch) of our own buffers; the
+        // copies below land at offsets summed from sizes checked to total at
+        // most 64 KiB, inside the packet's stride.
         let buffer = txBuffers + slot * Self.packetStride + VirtioNetHeader.size
         var copies = 0
         // Fragment data follows the first slot's, which is sized at the end.
@@ -231,6 +235,8 @@ extension NetQueueWorker {
             failPacket(packet)
             return
         }
+        // SAFETY: the packet's bytes in our own buffer, filled by the copies
+        // just checked; the guest can no longer change them.
         let frame = UnsafeMutableRawBufferPointer(start: buffer + VirtioNetHeader.size, count: packet.length)
         var header = VirtioNetHeader()
         if packet.flags.contains(.checksumBlank) || packet.gsoSize != 0 {

@@ -72,6 +72,9 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
     }
     /// `transmitBatch` packet buffers of `packetStride` bytes; `txBuffers`
     /// is its base, valid while the worker lives.
+    /// SAFETY: these buffers and the tables below are the worker's own
+    /// (made in init, freed in deinit, touched only on its thread); guest
+    /// data reaches them only by grant copy, so once copied it is ours.
     let txMemory: MappedMemory
     let txBuffers: UnsafeMutableRawPointer
     let txPackets: UnsafeMutableBufferPointer<TxPacket>
@@ -251,7 +254,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
 
     /// The receive ring's req_event as we last set it (tests).
     public var receiveRequestEvent: UInt32 {
-        rxRing.memory.base.load(fromByteOffset: 4, as: UInt32.self)
+        rxRing.requestEvent.rawValue
     }
 
     /// Serves the queue until `stopDescriptor` becomes readable. With
@@ -294,6 +297,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
             if wakeups.returnedEvents(other: 1) != 0 { inbox?.clearWake() }
             if wakeups.eventsPending {
                 let spurious: Int
+                // SAFETY: `pending` is this call's own scratch, lent for the take.
                 do { spurious = try pending.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try holds.takeEvents(from: events, into: b, worker: self) } }
                 catch { throw .eventChannel(error) }
                 if spurious > 0 { statistics.add(.spuriousEvents, UInt64(spurious)) }

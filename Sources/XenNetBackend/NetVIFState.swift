@@ -23,6 +23,7 @@ public final class MulticastFilter: Sendable {
 
     public func setEnabled(_ on: Bool) { enabled.store(on, ordering: .relaxed) }
 
+    /// SAFETY: `p` points at a frame's first 6 bytes, in our own buffer.
     static func key(_ p: UnsafeRawPointer) -> UInt64 {
         var k: UInt64 = 0
         for i in 0..<6 { k |= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << UInt64(8 * i) }

@@ -58,6 +58,8 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
             let queued = state.withLock { s -> Bool in
                 guard s.count < Self.capacity else { return false }
                 let index = (s.head + s.count) % Self.capacity
+                // SAFETY: slot `index` of this inbox's own frames, under its
+                // lock; entry.length ≤ stride (a frame the TAP read).
                 (frames + index * stride).copyMemory(from: frame, byteCount: entry.length)
                 entries[index] = entry
                 s.count += 1
@@ -75,6 +77,7 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
         func drain(while room: () -> Bool, _ take: (ReceiveEntry, UnsafeRawPointer) -> Void) {
             state.withLock { s in
                 while s.count > 0 && room() {
+                    // SAFETY: lent to `take` for the call, under the lock.
                     take(entries[s.head], frames + s.head * stride)
                     s.head = (s.head + 1) % Self.capacity
                     s.count -= 1

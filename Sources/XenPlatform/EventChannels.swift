@@ -34,6 +34,7 @@ public protocol EventChannelDevice: AnyObject, Sendable {
     /// Readable (poll/epoll) while events are pending.
     var fileDescriptor: Int32 { get }
     /// Takes pending ports, without blocking; returns how many were stored.
+    /// `ports` is the caller's, written only during the call.
     func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int
 }
 

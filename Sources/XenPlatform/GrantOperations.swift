@@ -5,6 +5,9 @@
 /// guest may change its contents at any moment.
 public struct GrantMapping: @unchecked Sendable {
     /// First byte of the first page.
+    /// SAFETY: valid for `byteCount` bytes until unmapped through the
+    /// `GrantOperations` that made it; the granting domain may write them
+    /// at any time, so read what matters once, into memory of our own.
     public let base: UnsafeMutableRawPointer
     public let pageCount: Int
     public let domain: DomainID
@@ -43,7 +46,7 @@ public enum GrantError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// One side of a grant copy.
 public enum GrantCopyEndpoint: @unchecked Sendable, Equatable {
-    /// Our own memory.
+    /// Our own memory; the caller keeps it valid until the copy returns.
     case local(UnsafeMutableRawPointer)
     /// `offset` bytes into the page granted as `ref` by `domain`.
     case grant(GrantRef, domain: DomainID, offset: UInt16)
@@ -82,6 +85,7 @@ public protocol GrantOperations: AnyObject, Sendable {
 
 extension GrantOperations {
     public func map(_ refs: [GrantRef], of domain: DomainID, writable: Bool) throws(GrantError) -> GrantMapping {
+        // SAFETY: the array is borrowed for the call only; map copies the refs.
         let result: Result<GrantMapping, GrantError> = refs.withUnsafeBufferPointer { buffer in
             Result { () throws(GrantError) in try map(buffer, of: domain, writable: writable) }
         }
@@ -89,6 +93,7 @@ extension GrantOperations {
     }
 
     public func copy(_ operations: inout [GrantCopyOperation]) throws(GrantError) {
+        // SAFETY: the array is borrowed for the copy, which updates its statuses.
         let result: Result<Void, GrantError> = operations.withUnsafeMutableBufferPointer { buffer in
             Result { () throws(GrantError) in try copy(buffer) }
         }

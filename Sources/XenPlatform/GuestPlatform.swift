@@ -13,7 +13,9 @@ public protocol GuestDomain: AnyObject, Sendable {
     var id: DomainID { get }
     /// Pages of guest memory the frontend may use, numbered from 0.
     var pageCount: Int { get }
-    /// The guest's own view of page `frame`, valid while the domain lives.
+    /// The guest's own view of page `frame`.
+    /// SAFETY: valid while the domain lives; once granted, the backend may
+    /// write it at any time.
     func page(_ frame: UInt32) -> UnsafeMutableRawPointer
     /// Lets `domain` map or copy page `frame`.
     func grantAccess(to domain: DomainID, frame: UInt32, readOnly: Bool) throws -> GrantRef

@@ -35,6 +35,7 @@ public struct WorkerPollSet {
     /// (-1: no timeout).
     public mutating func wait(timeoutMilliseconds: Int32) -> Wake {
         for i in descriptors.indices { descriptors[i].revents = 0 }
+        // SAFETY: our own array, lent to poll for the call.
         let n = descriptors.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeoutMilliseconds) }
         if n == 0 { return .timedOut }
         if n < 0 { return .ready }  // EINTR; poll fails otherwise only on our own bad arguments

@@ -166,6 +166,14 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
         return unconsumedRequests() > 0
     }
 
+    /// `req_event` as the shared page holds it now. Relaxed: only the
+    /// backend writes it, so this reads back our own last store (for tests
+    /// and status; a hostile frontend may have scribbled over it).
+    @inlinable
+    public var requestEvent: RingIndex {
+        RingIndex(memory.index(at: SharedRingMemory.requestEventOffset).pointee.load(ordering: .relaxed))
+    }
+
     /// Moves `req_event` further than the next request, to batch wakeups
     /// (ring.h's "write your own FINAL_CHECK with a larger event offset").
     @inlinable
