@@ -120,6 +120,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     let logger: Logger
 
     let rings = ServedRings<BlockCounter>()
+    /// The disk's I/O limit, shared by its rings and changed live.
+    public let limiter = BlockIOLimiter()
     private let negotiated = Mutex<BlockNegotiation?>(nil)
 
     public init(platform: Platform, xenstore: XenStoreClient, backendPath: String,
@@ -159,9 +161,58 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         logger.info("backing \(setup.backing.path) opened", metadata: [
             "sectors": "\(setup.backing.geometry.sectors)", "mode": "\(setup.readOnly ? "r" : "w")",
             "direct": "\(setup.backing.isDirect)"])
+        limiter.set(setup.limit)
+        let limits = try await BackendKeyFollower(xenstore: xenstore, backendPath: backendPath,
+                                                  keys: [BlockIOLimit.requestsKey, BlockIOLimit.bytesKey], logger: logger) { values in
+            await self.limitKeysChanged(values)
+        }
         let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
-        try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() })
+        do {
+            try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() })
+        } catch {
+            await limits.stop()
+            throw error
+        }
+        await limits.stop()
     }
+
+    // MARK: I/O limit
+
+    /// The limit the keys ask for; a value that is not a whole number in
+    /// 0...2^40 is refused, naming the key.
+    static func limit(requests: String?, bytes: String?, backendPath: String) throws(BlockDeviceError) -> BlockIOLimit {
+        guard let r = BlockIOLimit.parse(requests) else {
+            throw .badKey(path: backendPath + "/" + BlockIOLimit.requestsKey, value: requests, why: "expected requests per second, a whole number (0: no limit)")
+        }
+        guard let b = BlockIOLimit.parse(bytes) else {
+            throw .badKey(path: backendPath + "/" + BlockIOLimit.bytesKey, value: bytes, why: "expected bytes per second, a whole number (0: no limit)")
+        }
+        return BlockIOLimit(requestsPerSecond: r, bytesPerSecond: b)
+    }
+
+    /// An operator changed a limit key: applied at once to every ring, and
+    /// `limit-status` says what is in force. A bad value leaves the limit as
+    /// it was and is reported there, in the log and in the `error` key.
+    private func limitKeysChanged(_ values: [String: String?]) async {
+        let requests = values[BlockIOLimit.requestsKey] ?? nil, bytes = values[BlockIOLimit.bytesKey] ?? nil
+        let status: String
+        do {
+            let limit = try Self.limit(requests: requests, bytes: bytes, backendPath: backendPath)
+            if limit != limiter.limit {
+                limiter.set(limit)
+                logger.info("I/O limit \(limit)")
+            }
+            status = "\(limit)"
+        } catch {
+            logger.error("I/O limit refused, still \(limiter.limit): \(error)")
+            try? await xenstore.write(backendPath + "/error", "\(error)")
+            status = "refused (still \(limiter.limit)): \(error)"
+        }
+        try? await xenstore.write(backendPath + "/" + Self.limitStatusKey, status)
+    }
+
+    /// Where the device says which I/O limit is in force.
+    public static var limitStatusKey: String { "limit-status" }
 
     // MARK: Setup (toolstack keys)
 
@@ -170,6 +221,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         var backing: FileBacking
         var readOnly: Bool
         var info: VirtualDiskInfo
+        var limit: BlockIOLimit
     }
 
     private func readSetup() async throws -> Setup {
@@ -186,6 +238,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         } else {
             throw BlockDeviceError.badKey(path: backendPath + "/params", value: nil, why: "no disk path (params or physical-device-path)")
         }
+        let limit = try Self.limit(requests: try await key(BlockIOLimit.requestsKey), bytes: try await key(BlockIOLimit.bytesKey),
+                                   backendPath: backendPath)
         let modeText = try await key("mode") ?? "w"
         let readOnly: Bool
         switch modeText.first {
@@ -201,7 +255,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         // blkback takes cdrom from the frontend's device-type, as libxl writes it there.
         if try await keys.frontend("device-type") == "cdrom" { info.insert(.cdrom) }
         if try await key("removable") == "1" { info.insert(.removable) }
-        return Setup(keys: keys, backing: backing, readOnly: readOnly, info: info)
+        return Setup(keys: keys, backing: backing, readOnly: readOnly, info: info, limit: limit)
     }
 
     /// What blkfront reads before it sets up its rings (Linux writes these at probe).
@@ -271,7 +325,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
                     platform: platform, frontend: setup.keys.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
                     backing: setup.backing, geometry: geometry, engine: configuration.engine,
                     persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
-                    pollMicroseconds: configuration.pollMicroseconds)
+                    pollMicroseconds: configuration.pollMicroseconds, limiter: limiter)
             }
             do {
                 // The workers made so far unmap and unbind as they go if this throws.

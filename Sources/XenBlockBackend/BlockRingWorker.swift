@@ -102,13 +102,19 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// While I/O is in flight, how long to watch the engine and the ring
     /// before sleeping (tapdisk's polling-duration): trades CPU for latency.
     let pollNanoseconds: Int
+    /// The disk's I/O limit, shared with its other rings.
+    let limiter: BlockIOLimiter?
+    /// When the limit lets the next request go (monotonic ns); 0 when it
+    /// does not hold us back.
+    var limitedUntil = 0
 
     /// Maps the ring (`ringRefs`: 1, 2, 4, 8 or 16 pages), binds the
     /// frontend's event channel port, and prepares the slots and the engine.
     public init(platform: Platform, frontend: DomainID, ringRefs: [GrantRef], remotePort: EventChannelPort,
                 backing: FileBacking, geometry: DiskGeometry? = nil, engine engineKind: BlockEngineKind = .default,
-                persistentGrants: Int = 0, pollMicroseconds: Int = 0) throws(BlockBackendError) {
+                persistentGrants: Int = 0, pollMicroseconds: Int = 0, limiter: BlockIOLimiter? = nil) throws(BlockBackendError) {
         self.pollNanoseconds = pollMicroseconds * 1000
+        self.limiter = limiter
         self.platform = platform
         self.frontend = frontend
         self.backing = backing
@@ -251,10 +257,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             if canTakeRequests && ring.finalCheckForRequests() { continue }
             if pollNanoseconds > 0 && inFlight > 0 && spinForWork() { continue }
             let holdEnds = holds.unmaskExpired(now: monotonicNanoseconds(), worker: self, events: events)
-            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted && holdEnds == nil
+            let idle = requestsInFlight == 0 && !submissionPending && !ring.isHalted && holdEnds == nil && limitedUntil == 0
             // A refused submission is retried after a millisecond.
             var timeout: Int32 = submissionPending ? 1 : (idle && parkAfterMilliseconds > 0 ? Int32(clamping: parkAfterMilliseconds) : -1)
             if let holdEnds { timeout = timeout < 0 ? holdEnds : min(timeout, holdEnds) }
+            if limitedUntil != 0 {
+                let due = Int32(clamping: max(1, (limitedUntil - monotonicNanoseconds() + 999_999) / 1_000_000))
+                timeout = timeout < 0 ? due : min(timeout, due)
+            }
             switch wakeups.wait(timeoutMilliseconds: timeout) {
             case .timedOut where idle && parkAfterMilliseconds > 0:
                 return .idle
@@ -287,7 +297,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     public func port(of role: PortRole) -> EventChannelPort? { port }
     public func requestsConsumed(by role: PortRole) -> UInt32 { ring.requestConsumer.rawValue }
     /// Kicks while every slot is busy bring nothing: completions wake us.
-    public func hasWork(for role: PortRole) -> Bool { canTakeRequests && ring.unconsumedRequests() > 0 }
+    /// Requests the I/O limit holds back are work all the same.
+    public func hasWork(for role: PortRole) -> Bool {
+        freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted && ring.unconsumedRequests() > 0
+    }
 
     /// Watches for completions and new requests for up to `pollNanoseconds`;
     /// true if something turned up.
@@ -307,17 +320,18 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// call left the disk idle for the whole burst).
     static var submitBatch: Int { 4 }
 
-    private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted }
+    private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted && limitedUntil == 0 }
 
     private func takeRequests() throws(RingError) -> Int {
         if ring.isHalted { throw .halted }
         startHeldBarrierIfIdle()
+        if limitedUntil != 0 && monotonicNanoseconds() >= limitedUntil { limitedUntil = 0 }
         guard canTakeRequests else { return 0 }
         var taken = 0
         let producer = try ring.readRequestProducer()
         // Bounded by the ring size: each request takes a slot or is answered
         // at once, and the producer was checked against the ring size.
-        while canTakeRequests, let request = ring.nextRequest(before: producer) {
+        while canTakeRequests, admittedByLimit(before: producer), let request = ring.nextRequest(before: producer) {
             taken += 1
             if request.operation == .writeBarrier && inFlight > 0 {
                 heldBarrier = request
@@ -331,6 +345,20 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         }
         if taken % Self.submitBatch != 0 { submit() }
         return taken
+    }
+
+    /// Whether the disk's I/O limit lets the next request go now; if not,
+    /// it stays on the ring (not taken, so nothing is owed) until
+    /// `limitedUntil`. Looks at a copy of the request, not the shared slot;
+    /// the guest may change the slot before it is taken, which moves only
+    /// the limit's estimate of its cost, never the I/O.
+    private func admittedByLimit(before producer: RingIndex) -> Bool {
+        guard let limiter, limiter.isActive, let next = ring.peekRequest(before: producer) else { return true }
+        let now = monotonicNanoseconds()
+        guard let wait = limiter.admit(bytes: BlockIOLimiter.cost(of: next), now: now) else { return true }
+        limitedUntil = now + wait
+        statistics.add(.limitWaits)
+        return false
     }
 
     private func startHeldBarrierIfIdle() {

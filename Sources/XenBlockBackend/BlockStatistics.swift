@@ -24,6 +24,9 @@ public enum BlockCounter: Int, WorkerCounter {
     /// Event-channel wakes that found nothing to do (XSA-332); from the
     /// second in a row the port is held masked for a while.
     case spuriousEvents
+    /// Times the disk's I/O limit (`limit-iops`, `limit-bytes-per-second`)
+    /// held a request back.
+    case limitWaits
 
     public var displayName: String {
         switch self {
@@ -39,6 +42,7 @@ public enum BlockCounter: Int, WorkerCounter {
         case .persistentGrantMaps: "persistent_maps"
         case .ringsHalted: "rings_halted"
         case .spuriousEvents: "spurious_events"
+        case .limitWaits: "limit_waits"
         }
     }
 }
