@@ -181,7 +181,7 @@ let package = Package(
         ]),
         .testTarget(name: "XenNetBackendTests", dependencies: [
             "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenNetChecksum", "XenNetDevice", "XenRing", "XenPlatform", "XenSim",
-            "XenStore", "XenStoreProtocol", "XenBusDriver", "XenBus", "XenToolstack", "XenProtocolTesting", "XenProcess", "XenSystem", "CXenNet",
+            "XenStore", "XenStoreProtocol", "XenBusDriver", "XenBus", "XenBusClient", "XenToolstack", "XenProtocolTesting", "XenProcess", "XenSystem", "CXenNet",
         ]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "XenSystem", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenSystem", "XenProtocolTesting"]),

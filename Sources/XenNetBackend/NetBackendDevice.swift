@@ -108,6 +108,8 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
     let configuration: NetBackendConfiguration
     let logger: Logger
     public let multicast = MulticastFilter()
+    /// The guest transmit rate, shared by the queues and changed live.
+    public let rateSetting = NetRateSetting()
     let hashState = HashState()
 
     let queues = ServedRings<NetCounter>()
@@ -181,9 +183,49 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         }
         try await publishProbeFeatures(tap: tap)
         logger.info("interface \(tap.name) created", metadata: ["bridge": "\(setup.bridge ?? "-")"])
+        rateSetting.set(setup.rate)
+        let rateFollower = try await BackendKeyFollower(xenstore: xenstore, backendPath: backendPath, keys: ["rate"], logger: logger) { values in
+            await self.rateKeyChanged(values["rate"] ?? nil)
+        }
         let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
-        try await loop.run(connect: { try await self.connect(setup, tap: try self.liveTap(), capture: capture) },
-                           disconnect: { await self.disconnect() })
+        do {
+            try await loop.run(connect: { try await self.connect(setup, tap: try self.liveTap(), capture: capture) },
+                               disconnect: { await self.disconnect() })
+        } catch {
+            await rateFollower.stop()
+            throw error
+        }
+        await rateFollower.stop()
+    }
+
+    /// Where the device says which transmit rate is in force.
+    public static var rateStatusKey: String { "rate-status" }
+
+    /// The rate `rate` asks for (absent or empty: the configured default);
+    /// nil if the value is not "bytes,microseconds".
+    private func rate(from text: String?) -> NetRate?? {
+        guard let text, !text.isEmpty else { return .some(configuration.defaultRate) }
+        return NetRate(xenstoreValue: text).map { .some($0) }
+    }
+
+    /// An operator changed `rate`: every queue takes it on its next pass,
+    /// and `rate-status` says what is in force. A bad value leaves the rate
+    /// as it was and is reported there, in the log and in `error`.
+    private func rateKeyChanged(_ text: String?) async {
+        let status: String
+        if let new = rate(from: text) {
+            if new != rateSetting.current {
+                rateSetting.set(new)
+                logger.info("transmit rate \(new.map { "\($0)" } ?? "unlimited")")
+            }
+            status = new.map { "\($0)" } ?? "unlimited"
+        } else {
+            let error = NetDeviceError.badKey(path: backendPath + "/rate", value: text, why: "expected \"bytes,microseconds\", both positive")
+            logger.error("transmit rate refused: \(error)")
+            try? await xenstore.write(backendPath + "/error", "\(error)")
+            status = "refused (still \(rateSetting.current.map { "\($0)" } ?? "unlimited")): \(error)"
+        }
+        try? await xenstore.write(backendPath + "/" + Self.rateStatusKey, status)
     }
 
     private func key(_ name: String) async throws -> String? {
@@ -298,7 +340,7 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
                     txRemotePort: EventChannelPort(txPort), rxRemotePort: rxPort.map { EventChannelPort($0) },
                     tapDescriptor: tap.queueDescriptors[q], options: options, queueIndex: q, queueCount: queues,
                     multicast: multicast, capture: capture, control: q == 0 ? control : nil, hashSettings: hashState,
-                    steering: steering, stallChanged: { [weak self] stalled in self?.queueStallChanged(stalled) }))
+                    steering: steering, rateSetting: rateSetting, stallChanged: { [weak self] stalled in self?.queueStallChanged(stalled) }))
             } catch {
                 throw NetDeviceError.backend(error)
             }

@@ -1,3 +1,4 @@
+import Synchronization
 import XenNetProtocol
 import XenPlatform
 import XenRing
@@ -20,7 +21,7 @@ public enum NetBackendError: Error, Equatable, Sendable, CustomStringConvertible
 }
 
 /// The `rate` key: `bytes` of guest transmit credit every `microseconds`.
-public struct NetRate: Sendable, Equatable {
+public struct NetRate: Sendable, Equatable, CustomStringConvertible {
     public var bytes: Int
     public var microseconds: Int
     public init(bytes: Int, microseconds: Int) { self.bytes = bytes; self.microseconds = microseconds }
@@ -31,6 +32,8 @@ public struct NetRate: Sendable, Equatable {
         guard parts.count == 2, let b = Int(parts[0]), let u = Int(parts[1]), b > 0, u > 0 else { return nil }
         bytes = b; microseconds = u
     }
+
+    public var description: String { "\(bytes) bytes every \(microseconds) µs" }
 }
 
 /// What the frontend negotiated that a queue's data path needs.
@@ -56,4 +59,24 @@ public struct NetQueueOptions: Sendable, Equatable {
     /// Queued host packets older than this are dropped (rx_drain_timeout_msecs).
     public var receiveDrainMilliseconds = 10_000
     public init() {}
+}
+
+/// A VIF's guest transmit rate as it stands now, shared by its queues and
+/// changed live when the `rate` key changes. Queues look at `generation`
+/// once per pass and reload the rate (under the lock) when it moved.
+public final class NetRateSetting: Sendable {
+    private let rate: Mutex<NetRate?>
+    /// Relaxed: the lock taken to read the new rate orders it; a pass that
+    /// misses a change sees it on the next.
+    private let changes = Atomic<UInt64>(0)
+
+    public init(_ rate: NetRate? = nil) { self.rate = Mutex(rate) }
+
+    public var current: NetRate? { rate.withLock { $0 } }
+    public var generation: UInt64 { changes.load(ordering: .relaxed) }
+
+    public func set(_ new: NetRate?) {
+        rate.withLock { $0 = new }
+        changes.add(1, ordering: .relaxed)
+    }
 }

@@ -20,7 +20,7 @@ extension NetQueueWorker {
     /// (still capped), and intervals stay on their grid, so a busy host keeps
     /// the configured rate instead of falling below it.
     func creditAllows(_ size: Int, now: Int) -> Bool {
-        guard let rate = options.rate else { return true }
+        guard let rate else { return true }
         if size <= txCredit { return true }
         let interval = rate.microseconds * 1000
         if txCreditRefill == 0 { txCreditRefill = now + interval }
@@ -47,6 +47,13 @@ extension NetQueueWorker {
     }
 
     func processTransmit(now: Int) throws(NetBackendError) {
+        if rateSetting.generation != rateGeneration {
+            // The operator changed `rate`: the new one starts with a full interval's credit.
+            rateGeneration = rateSetting.generation
+            rate = rateSetting.current
+            txCredit = rate?.bytes ?? 0
+            txCreditRefill = 0
+        }
         txRateBlocked = false
         guard !txRing.isHalted else { return }
         var producer: RingIndex
@@ -69,7 +76,7 @@ extension NetQueueWorker {
                 }
                 break
             }
-            if options.rate != nil {
+            if rate != nil {
                 if !creditAllows(Int(peek.request.size), now: now) {
                     txRateBlocked = true
                     statistics.add(.txCreditWaits)
@@ -84,7 +91,7 @@ extension NetQueueWorker {
                 packets += 1
                 copies += packet.copyCount
                 bytes += packet.length
-                if options.rate != nil { txCredit -= packet.length }
+                if rate != nil { txCredit -= packet.length }
             case .answered:
                 break
             case .fatal(let why):

@@ -81,6 +81,11 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
     let txResponses: UnsafeMutableBufferPointer<NetTxResponse>
     var txResponseCount = 0
     let txCopies: UnsafeMutableBufferPointer<GrantCopyOperation>
+    /// The VIF's rate, shared and changed live; `rate` is this queue's copy,
+    /// reloaded when the setting's generation moves.
+    let rateSetting: NetRateSetting
+    var rate: NetRate?
+    var rateGeneration: UInt64
     var txCredit: Int
     var txCreditRefill: Int = 0  // monotonic ns of the next refill
     var txRateBlocked = false
@@ -119,7 +124,7 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
                 options: NetQueueOptions, queueIndex: Int = 0, queueCount: Int = 1,
                 multicast: MulticastFilter = MulticastFilter(), capture: PacketCapture? = nil,
                 control: NetControlSetup? = nil, hashSettings: HashState = HashState(), steering: ReceiveSteering? = nil,
-                stallChanged: @escaping @Sendable (Bool) -> Void = { _ in }) throws(NetBackendError) {
+                rateSetting: NetRateSetting? = nil, stallChanged: @escaping @Sendable (Bool) -> Void = { _ in }) throws(NetBackendError) {
         self.platform = platform
         self.frontend = frontend
         self.options = options
@@ -168,7 +173,11 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
         } else {
             self.control = nil
         }
-        txCredit = options.rate?.bytes ?? 0
+        let rateSetting = rateSetting ?? NetRateSetting(options.rate)
+        self.rateSetting = rateSetting
+        rateGeneration = rateSetting.generation
+        rate = rateSetting.current
+        txCredit = rate?.bytes ?? 0
 
         let txSlots = Int(txRing.size)
         let rxSlots = Int(rxRing.size)

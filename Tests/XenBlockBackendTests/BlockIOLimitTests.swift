@@ -3,12 +3,11 @@ import XenBlockBackend
 import XenBlockFrontend
 import XenBlockProtocol
 import XenBlockTestbed
+import XenBusClient
 import XenProtocolTesting
 import XenSim
 import XenStore
 import XenToolstack
-
-struct KeyTimeout: Error { var path: String }
 
 /// Per-disk I/O limits: the token buckets' arithmetic on a simulated
 /// clock, and the keys that set them at attach time and live.
@@ -67,25 +66,8 @@ struct KeyTimeout: Error { var path: String }
         for bad in ["-1", "fast", "1.5", "99999999999999999999", " 5"] { #expect(BlockIOLimit.parse(bad) == nil, "\(bad)") }
     }
 
-    /// Waits (on a watch, with a deadline) until `path` satisfies `done`.
     func awaitKey(_ store: XenStoreClient, _ path: String, _ done: @escaping @Sendable (String?) -> Bool) async throws -> String? {
-        let watch = try await store.watch(path)
-        defer { Task { try? await store.unwatch(path, token: watch.token) } }
-        return try await withThrowingTaskGroup(of: String?.self) { group in
-            group.addTask {
-                for await _ in watch.events {
-                    let value = try await store.readIfPresent(path)
-                    if done(value) { return value }
-                }
-                return nil
-            }
-            group.addTask {
-                try await Task.sleep(for: .seconds(20))  // a deadline, not synchronisation
-                throw KeyTimeout(path: path)
-            }
-            defer { group.cancelAll() }
-            return try await group.next() ?? nil
-        }
+        try await awaitXenstoreValue(store, path, timeout: .seconds(20), path, done)
     }
 
     @Test func aLimitedDiskMovesItsDataAndItsNeighbourIsNotHeldBack() async throws {

@@ -6,6 +6,7 @@ import XenNetBackend
 import XenNetFrontend
 import XenNetProtocol
 import XenNetTestbed
+import XenBusClient
 import XenPlatform
 import XenProtocolTesting
 import XenSim
@@ -225,5 +226,48 @@ func awaitCarrier(_ lab: NetworkLab, _ name: String, _ on: Bool) async throws ->
 extension String {
     func components(_ needle: String) -> Int {
         ranges(of: needle).count
+    }
+}
+
+/// The `rate` key changed while the VIF runs: every queue takes the new
+/// rate; a bad value is refused and the rate stays as it was.
+@Suite(.serialized) struct NetLiveRateTests {
+    /// Sends 400 KB of frames as fast as the ring takes them (three times
+    /// the largest credit burst), then waits until all are answered.
+    func burst(_ queue: NetFrontendQueue, _ frame: [UInt8]) async throws {
+        try await offThePool {
+            for i in 0..<400 {
+                try queue.send(frame)
+                if i % 64 == 63 { queue.clearTxResponses() }
+            }
+            try queue.awaitTransmitIdle()
+        }
+    }
+
+    @Test func rateChangesLiveAndBadValuesAreRefused() async throws {
+        try await withVIF { host, lab, device, front in
+            let status = device.backendPath + "/" + NetBackendDevice<SimPlatform>.rateStatusKey
+            let frame = hostFrame(lab, to: Frames.broadcast, sourcePort: 5, size: 1000)
+            _ = try await awaitXenstoreValue(host.backendStore, status, "unlimited") { $0 == "unlimited" }
+            try await burst(front.queues[0], frame)
+            #expect(device.statistics[.txCreditWaits] == 0, "no rate: nothing waits")
+
+            try await host.backendStore.write(device.backendPath + "/rate", "25000,10000")
+            _ = try await awaitXenstoreValue(host.backendStore, status, "the new rate") { $0 == "25000 bytes every 10000 µs" }
+            try await burst(front.queues[0], frame)
+            #expect(device.statistics[.txCreditWaits] > 0, "2.5 MB/s holds a 400 KB burst back")
+            #expect(device.rateSetting.current == NetRate(bytes: 25000, microseconds: 10000))
+
+            try await host.backendStore.write(device.backendPath + "/rate", "fast")
+            let refused = try await awaitXenstoreValue(host.backendStore, status, "the refusal") { $0?.hasPrefix("refused") == true } ?? ""
+            #expect(refused.contains("/rate") && refused.contains("fast"), "\(refused)")
+            #expect(device.rateSetting.current == NetRate(bytes: 25000, microseconds: 10000), "a refused value changes nothing")
+
+            try await host.backendStore.write(device.backendPath + "/rate", "")
+            _ = try await awaitXenstoreValue(host.backendStore, status, "no rate") { $0 == "unlimited" }
+            let waits = device.statistics[.txCreditWaits]
+            try await burst(front.queues[0], frame)
+            #expect(device.statistics[.txCreditWaits] == waits, "back to no rate: nothing waits")
+        }
     }
 }
