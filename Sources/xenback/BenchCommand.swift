@@ -5,7 +5,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks, each side by side with its baseline; the last line of output is JSON.",
-        subcommands: [RingBenchCommand.self, BlockBenchCommand.self, NetBenchCommand.self])
+        subcommands: [RingBenchCommand.self, BlockBenchCommand.self, BlockLimitBenchCommand.self, NetBenchCommand.self])
 }
 
 extension WaitMode: ExpressibleByArgument {}

@@ -152,9 +152,11 @@ struct BlockBenchCommand: AsyncParsableCommand {
         return FioResult(iops: iops, megabytesPerSecond: bandwidth / 1_000_000)
     }
 
+    private func layOut() throws -> String { try Self.layOut(size: size, regionBytes: regionBytes) }
+
     /// Writes the data file once (non-zero data, so reads hit real blocks, not holes).
-    private func layOut() throws -> String {
-        let path = "/var/tmp/xenback-bench-\(size).img"
+    static func layOut(size: String, regionBytes: UInt64, name: String = "bench") throws -> String {
+        let path = "/var/tmp/xenback-\(name)-\(size).img"
         var st = stat()
         if stat(path, &st) == 0, UInt64(st.st_size) == regionBytes, UInt64(st.st_blocks) * 512 >= regionBytes { return path }
         print("laying out \(path) (\(regionBytes) bytes, once)")
