@@ -5,7 +5,8 @@
 # Each round waits a random 0.2-2.5 s of the guest's I/O, kills the daemon with SIGKILL
 # and starts a new one; the guest notices the silent backend, sets up new rings, redoes
 # what was in flight and reads back every region whose writes and flush were acknowledged
-# ("reconnected: N committed regions checked, M blocks lost"). At the end the guest reads
+# ("reconnected: N committed regions checked, M blocks lost"); the daemon keeps no ring
+# records (--state-dir none), so this is the path of a backend that cannot resume. At the end the guest reads
 # back everything once more. Prints a line per round and, last, JSON; exit 0 only if no
 # acknowledged, flushed block was lost and every check passed.
 set -euo pipefail
@@ -20,7 +21,7 @@ waitfor() {  # file pattern seconds: waits for a line (no fixed sleeps: a line i
 }
 $B/xenback sim serve --socket $D/sim.sock --xenstore-socket $D/xs.sock --log-level warning > $D/sim.out 2> $D/sim.log &
 SIM=$!; waitfor $D/sim.out '^ready' 20
-start_daemon() { $B/xenbackd --platform sim --sim-socket $D/sim.sock --log-level warning > $D/d.out 2>> $D/d.log & DAEMON=$!; waitfor $D/d.out '^ready' 20; }
+start_daemon() { $B/xenbackd --platform sim --sim-socket $D/sim.sock --state-dir none --log-level warning > $D/d.out 2>> $D/d.log & DAEMON=$!; waitfor $D/d.out '^ready' 20; }
 start_daemon
 truncate -s 256M $D/disk.img
 $B/xenback guest create --sim $D/sim.sock --name crash --disk $D/disk.img --no-frontends > /dev/null

@@ -36,10 +36,17 @@ public struct BlockBackendConfiguration: Sendable, Equatable {
     /// A ring idle this long gives its thread back until its next event
     /// (0: never), so idle devices hold no threads.
     public var parkAfterMilliseconds: Int
+    /// Where each ring's record of what it owes is kept (a tmpfs directory,
+    /// e.g. /run/xenback), so that a new backend can take over a connection
+    /// this one leaves behind when it dies or is restarted. Nil: no records,
+    /// and a new backend waits for the frontend to start over.
+    public var stateDirectory: String?
 
     public init(engine: BlockEngineKind = .default, maximumQueues: Int = BlockBackendConfiguration.onlineCPUs,
                 maximumRingPageOrder: Int = 4, maximumIndirectSegments: Int = 256, directIO: Bool = true,
-                maximumPersistentGrants: Int = 4096, pollMicroseconds: Int = 0, parkAfterMilliseconds: Int = 1000) {
+                maximumPersistentGrants: Int = 4096, pollMicroseconds: Int = 0, parkAfterMilliseconds: Int = 1000,
+                stateDirectory: String? = nil) {
+        self.stateDirectory = stateDirectory
         self.parkAfterMilliseconds = parkAfterMilliseconds
         self.maximumPersistentGrants = maximumPersistentGrants
         self.pollMicroseconds = pollMicroseconds
@@ -120,6 +127,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     let logger: Logger
 
     let rings = ServedRings<BlockCounter>()
+    /// The current connection's ring records (deleted when it ends cleanly).
+    private let records = Mutex<[BlockRingRecord]>([])
     /// The disk's I/O limit, shared by its rings and changed live.
     public let limiter = BlockIOLimiter()
     private let negotiated = Mutex<BlockNegotiation?>(nil)
@@ -167,8 +176,14 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             await self.limitKeysChanged(values)
         }
         let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
+        let resume: (@Sendable () async throws -> Void)?
+        if configuration.stateDirectory != nil {
+            resume = { try await self.connect(setup, resuming: true) }
+        } else {
+            resume = nil
+        }
         do {
-            try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() })
+            try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() }, resume: resume)
         } catch {
             await limits.stop()
             throw error
@@ -205,10 +220,10 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             status = "\(limit)"
         } catch {
             logger.error("I/O limit refused, still \(limiter.limit): \(error)")
-            try? await xenstore.write(backendPath + "/error", "\(error)")
+            try? await xenstore.writeIfDevicePresent(backendPath, "error", "\(error)")
             status = "refused (still \(limiter.limit)): \(error)"
         }
-        try? await xenstore.write(backendPath + "/" + Self.limitStatusKey, status)
+        try? await xenstore.writeIfDevicePresent(backendPath, Self.limitStatusKey, status)
     }
 
     /// Where the device says which I/O limit is in force.
@@ -272,7 +287,10 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     /// Reads the frontend's ring keys, maps the rings, binds the channels,
     /// starts one worker per ring and writes the connection details in one
     /// transaction.
-    private func connect(_ setup: Setup) async throws {
+    /// With `resuming`, takes over the rings a previous backend left
+    /// connected: each ring's record must exist and match, or this throws
+    /// (nothing is left mapped) and the device waits for the frontend.
+    private func connect(_ setup: Setup, resuming: Bool = false) async throws {
         let protocolText = try await setup.keys.frontend("protocol")
         let abi: BlockProtocolABI
         do { abi = try BlockProtocolABI.parse(xenstoreValue: protocolText) } catch {
@@ -297,6 +315,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         geometry.maximumIndirectSegments = configuration.maximumIndirectSegments
 
         var started: [any ServedRing<BlockCounter>] = []
+        var ringRecords: [BlockRingRecord] = []
+        let devid = backendPath.split(separator: "/").last.map(String.init) ?? "0"
         var ports: [EventChannelPort] = []
         for q in 0..<queues {
             // With one queue the keys sit in the frontend directory itself.
@@ -319,13 +339,24 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
             guard let port = try await setup.keys.frontendNumber(prefix + "event-channel") else {
                 throw BlockDeviceError.badKey(path: setup.keys.frontendPath + "/" + prefix + "event-channel", value: nil, why: "the frontend's event channel port")
             }
+            var record: BlockRingRecord?
+            if let directory = configuration.stateDirectory {
+                let entry = abi == .x86_64 ? BlockRingX86_64.entrySize : BlockRingX86_32.entrySize
+                let slots = Int(SharedRingMemory.ringSize(byteCount: refs.count * SharedRingMemory.pageSize, entrySize: entry))
+                let identity = BlockRingRecord.identity(frontend: setup.keys.frontendID.rawValue, abi: abi,
+                                                        ringRefs: refs.map(\.rawValue), remotePort: port)
+                let path = "\(directory)/vbd-\(setup.keys.frontendID.rawValue)-\(devid)-q\(q).ring"
+                record = resuming ? try BlockRingRecord(resumingAt: path, slotCount: slots, identity: identity)
+                                  : try BlockRingRecord(creatingAt: path, slotCount: slots, identity: identity)
+                ringRecords.append(record!)
+            }
             func worker<L: RingLayout>(_: L.Type) throws(BlockBackendError) -> any ServedRing<BlockCounter>
             where L.Request == BlockRequest, L.Response == BlockResponse {
                 try BlockRingWorker<Platform, L>(
                     platform: platform, frontend: setup.keys.frontendID, ringRefs: refs, remotePort: EventChannelPort(port),
                     backing: setup.backing, geometry: geometry, engine: configuration.engine,
                     persistentGrants: persistent ? configuration.maximumPersistentGrants : 0,
-                    pollMicroseconds: configuration.pollMicroseconds, limiter: limiter)
+                    pollMicroseconds: configuration.pollMicroseconds, limiter: limiter, record: record, resuming: resuming)
             }
             do {
                 // The workers made so far unmap and unbind as they go if this throws.
@@ -368,6 +399,7 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         } catch {
             throw BlockDeviceError.backend(.eventChannel(error))
         }
+        records.withLock { $0 = ringRecords }
         negotiated.withLock {
             $0 = BlockNegotiation(queues: queues, ringPageOrder: order, abi: abi, engine: configuration.engine,
                                   directIO: setup.backing.isDirect, persistentGrants: persistent)
@@ -380,6 +412,8 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     /// rings and unbinds the channels. Safe to repeat.
     func disconnect() async {
         guard await rings.stop() else { return }
+        // Every ring drained and answered: nothing is owed, nothing to resume.
+        for record in records.withLock({ r in defer { r = [] }; return r }) { record.remove() }
         negotiated.withLock { $0 = nil }
         logger.info("disconnected")
     }

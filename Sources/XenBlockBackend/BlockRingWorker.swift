@@ -64,6 +64,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         /// Data moves straight between the disk and the guest's persistently
         /// mapped pages (the iovecs), not through the bounce buffer.
         var persistent = false
+        /// The request's slot in the ring's record (-1: no record kept).
+        var recordSlot: Int32 = -1
     }
     let slotCount: Int
     let maximumSegments: Int
@@ -95,6 +97,15 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// A WRITE_BARRIER waiting for earlier I/O to finish; nothing further
     /// is taken off the ring meanwhile.
     var heldBarrier: BlockRequest?
+    var heldBarrierRecordSlot = -1
+    /// What survives this process: every request owed (nil: none kept).
+    let record: BlockRingRecord?
+    /// Record slots answered since the last push; released once `rsp_prod`
+    /// covers them. SAFETY: owned here, a ring's worth, freed in deinit.
+    let answeredSlots: UnsafeMutableBufferPointer<Int32>
+    var answeredCount = 0
+    /// Requests a previous backend owed, done again by the first pass.
+    var owedAtResume: [(slot: Int, ringIndex: RingIndex, request: BlockRequest)] = []
     var inFlight = 0
     var released = false
     /// The engine holds operations it could not submit yet.
@@ -112,9 +123,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// frontend's event channel port, and prepares the slots and the engine.
     public init(platform: Platform, frontend: DomainID, ringRefs: [GrantRef], remotePort: EventChannelPort,
                 backing: FileBacking, geometry: DiskGeometry? = nil, engine engineKind: BlockEngineKind = .default,
-                persistentGrants: Int = 0, pollMicroseconds: Int = 0, limiter: BlockIOLimiter? = nil) throws(BlockBackendError) {
+                persistentGrants: Int = 0, pollMicroseconds: Int = 0, limiter: BlockIOLimiter? = nil,
+                record: BlockRingRecord? = nil, resuming: Bool = false) throws(BlockBackendError) {
         self.pollNanoseconds = pollMicroseconds * 1000
         self.limiter = limiter
+        self.record = record
         self.platform = platform
         self.frontend = frontend
         self.backing = backing
@@ -127,7 +140,14 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             throw .grant(error)
         }
         do {
-            ring = try BackRing(attaching: try SharedRingMemory(base: ringMapping.base, pageCount: ringRefs.count))
+            let memory = try SharedRingMemory(base: ringMapping.base, pageCount: ringRefs.count)
+            if resuming, let record {
+                // A previous backend served this ring: go on where it stopped.
+                owedAtResume = record.owed(published: BackRing<Layout>.publishedResponses(in: memory))
+                ring = try BackRing(resuming: memory, inFlight: UInt32(owedAtResume.count))
+            } else {
+                ring = try BackRing(attaching: memory)
+            }
         } catch {
             throw .ring(error)
         }
@@ -166,6 +186,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         indirect = UnsafeMutableRawPointer.allocate(byteCount: BlockLimits.maxIndirectPagesPerRequest * 4096, alignment: 4096)
         copies = .allocate(capacity: maximumSegments)
         copies.initialize(repeating: GrantCopyOperation(source: .local(indirect), destination: .local(indirect), length: 0))
+        answeredSlots = .allocate(capacity: slotCount)
+        answeredSlots.initialize(repeating: -1)
     }
 
     /// Gives back what belongs to the guest: the event channel, the ring
@@ -192,10 +214,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         segmentTable.deallocate()
         indirect.deallocate()
         copies.deallocate()
+        answeredSlots.deallocate()
     }
 
     /// Requests taken off the ring and not yet answered.
-    public var requestsInFlight: Int { inFlight + (heldBarrier == nil ? 0 : 1) }
+    public var requestsInFlight: Int { inFlight + (heldBarrier == nil ? 0 : 1) + owedAtResume.count }
 
     // MARK: Driving the ring
 
@@ -206,6 +229,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// (`drain`).
     @discardableResult
     public func processRing() throws(BlockBackendError) -> Int {
+        if !owedAtResume.isEmpty { replayOwed() }
         if submissionPending { submit() }
         let taken: Int
         do { taken = try takeRequests() } catch {
@@ -320,7 +344,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// call left the disk idle for the whole burst).
     static var submitBatch: Int { 4 }
 
-    private var canTakeRequests: Bool { freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted && limitedUntil == 0 }
+    private var canTakeRequests: Bool {
+        freeSlotCount > 0 && heldBarrier == nil && !ring.isHalted && limitedUntil == 0 && (record?.hasRoom ?? true)
+    }
 
     private func takeRequests() throws(RingError) -> Int {
         if ring.isHalted { throw .halted }
@@ -333,12 +359,15 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // at once, and the producer was checked against the ring size.
         while canTakeRequests, admittedByLimit(before: producer), let request = ring.nextRequest(before: producer) {
             taken += 1
+            // Recorded before anything is done about it.
+            let recordSlot = record?.recordTaken(request, ringIndex: RingIndex(ring.requestConsumer.rawValue &- 1)) ?? -1
             if request.operation == .writeBarrier && inFlight > 0 {
                 heldBarrier = request
+                heldBarrierRecordSlot = recordSlot
                 statistics.add(.barrierWaits)
                 break
             }
-            start(request)
+            start(request, recordSlot: recordSlot)
             // Hand I/O to the disk in small batches, so it starts on the
             // first requests while later ones are still being prepared.
             if taken % Self.submitBatch == 0 { submit() }
@@ -364,7 +393,20 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     private func startHeldBarrierIfIdle() {
         guard inFlight == 0, let barrier = heldBarrier else { return }
         heldBarrier = nil
-        start(barrier)
+        start(barrier, recordSlot: heldBarrierRecordSlot)
+        submit()
+    }
+
+    /// Does again what a previous backend took off this ring and never
+    /// answered where the frontend could see it, in ring order; a barrier
+    /// waits for what was started before it.
+    private func replayOwed() {
+        let owed = owedAtResume
+        owedAtResume = []
+        for (slot, _, request) in owed {
+            if request.operation == .writeBarrier && inFlight > 0 { drain() }
+            start(request, recordSlot: slot)
+        }
         submit()
     }
 
@@ -389,19 +431,29 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         // The ring's push decides, per io/ring.h, whether the frontend asked
         // to be told.
         if ring.pushResponses() { try? events.notify(port) }
+        // Published now: nothing is owed for these.
+        if let record {
+            for i in 0..<answeredCount { record.release(Int(answeredSlots[i])) }
+            answeredCount = 0
+        }
     }
 
     // MARK: One request
 
-    private func respond(id: UInt64, operation: BlockOperation, status: BlockStatus) {
+    private func respond(id: UInt64, operation: BlockOperation, status: BlockStatus, recordSlot: Int) {
         if status != .okay { statistics.add(.errors) }
+        if let record, recordSlot >= 0 {
+            record.recordAnswered(recordSlot, responseIndex: ring.responseProducerPrivate)
+            answeredSlots[answeredCount] = Int32(recordSlot)
+            answeredCount += 1
+        }
         ring.produceResponse(BlockResponse(id: id, operation: operation, status: status))
     }
 
-    private func start(_ request: BlockRequest) {
+    private func start(_ request: BlockRequest, recordSlot: Int) {
         switch BlockValidation.action(for: request, disk: geometry) {
         case .reject(let status, _):
-            respond(id: request.id, operation: request.responseOperation, status: status)
+            respond(id: request.id, operation: request.responseOperation, status: status, recordSlot: recordSlot)
         case .discard(let sector, let count, let secure):
             // Synchronous: fallocate and BLKDISCARD are metadata work.
             statistics.add(.discardRequests)
@@ -409,16 +461,16 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             do { try backing.discard(offset: sector * 512, count: count * 512, secure: secure) } catch {
                 if case .io(_, let e) = error, e == EOPNOTSUPP { status = .notSupported } else { status = .error }
             }
-            respond(id: request.id, operation: request.responseOperation, status: status)
+            respond(id: request.id, operation: request.responseOperation, status: status, recordSlot: recordSlot)
         case .flush:
             statistics.add(.flushRequests)
             let slot = takeSlot()
-            slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: .flushOnly)
+            slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: .flushOnly, recordSlot: Int32(recordSlot))
             issue(slot: slot)
         case .transfer(let write, let sector, let count, let indirectPages, let flushBefore, let flushAfter):
             let slot = takeSlot()
             slots[slot] = Slot(id: request.id, operation: request.responseOperation, phase: flushBefore ? .flushBefore : .data,
-                               write: write, flushAfter: flushAfter, sector: sector, segmentCount: count)
+                               write: write, flushAfter: flushAfter, sector: sector, segmentCount: count, recordSlot: Int32(recordSlot))
             guard let sectors = gatherSegments(request, slot: slot, count: count, indirectPages: indirectPages),
                   indirectPages == 0 || BlockValidation.checkRange(sector: sector, count: UInt64(sectors), disk: geometry) == nil
             else {
@@ -456,7 +508,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             for i in 0..<slots[slot].segmentCount { persistentGrants?.release(table[i].grant) }
             slots[slot].persistent = false
         }
-        respond(id: slots[slot].id, operation: slots[slot].operation, status: status)
+        respond(id: slots[slot].id, operation: slots[slot].operation, status: status, recordSlot: Int(slots[slot].recordSlot))
         slots[slot].phase = .free
         freeSlots[freeSlotCount] = slot
         freeSlotCount += 1

@@ -276,6 +276,20 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// answers nothing; a recovering frontend wants to know soon).
     public var responseTimeoutMilliseconds: Int32 = 30_000
 
+    /// The longest this queue slept waiting for an answer (with requests
+    /// outstanding) since it was last reset: a restarted backend's pause
+    /// as the guest sees it.
+    public var longestWait: Duration = .zero
+
+    /// Sleeps on the event channel for an answer; false on timeout.
+    func waitForAnswer(timeoutMilliseconds: Int32) -> Bool {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let answered = events.wait(timeoutMilliseconds: timeoutMilliseconds)
+        longestWait = max(longestWait, clock.now - start)
+        return answered
+    }
+
     init(domain: any GuestDomain, backend: DomainID, events: any GuestEventChannelDevice, ringFrames: [UInt32], slotFrames: [[UInt32]], indirectFrames: [[UInt32]],
          indirect: Bool) throws {
         self.domain = domain
@@ -372,7 +386,7 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
                 if try !body(response) { return }
             }
             if ring.finalCheckForResponses() { continue }
-            guard events.wait(timeoutMilliseconds: timeoutMilliseconds) else {
+            guard waitForAnswer(timeoutMilliseconds: timeoutMilliseconds) else {
                 throw BlockFrontendError.timeout("a block response")
             }
             // SAFETY: our array, borrowed for the call only.

@@ -135,7 +135,7 @@ extension BlockFrontendQueue {
                 while ring.unconsumedResponses() == 0 && clock.now < until {}
                 if ring.unconsumedResponses() > 0 { continue }
             }
-            guard events.wait(timeoutMilliseconds: responseTimeoutMilliseconds) else { throw BlockFrontendError.timeout("a block response") }
+            guard waitForAnswer(timeoutMilliseconds: responseTimeoutMilliseconds) else { throw BlockFrontendError.timeout("a block response") }
             // SAFETY: our array, borrowed for the call only.
             _ = try pendingPorts.withUnsafeMutableBufferPointer { try events.takePending(into: $0) }
             try events.unmask(port)

@@ -151,6 +151,22 @@ public struct BlockRequest: Sendable {
         for (i, b) in bytes.enumerated() { words[i >> 3] |= UInt64(b) << UInt64((i & 7) * 8) }
     }
 
+    /// Stores the request's 112 bytes (the x86_64 layout) at `destination`,
+    /// which the caller owns for at least that many bytes; allocation-free.
+    @inlinable
+    public func store(to destination: UnsafeMutableRawPointer) {
+        for i in 0..<14 { destination.storeBytes(of: words[i], toByteOffset: 8 * i, as: UInt64.self) }
+    }
+
+    /// A request `store(to:)` wrote, read back from `source` (the caller's
+    /// own memory, 112 bytes).
+    @inlinable
+    public init(storedAt source: UnsafeRawPointer) {
+        var w = InlineArray<14, UInt64>(repeating: 0)
+        for i in 0..<14 { w[i] = source.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self) }
+        words = w
+    }
+
     /// The x86_64 bytes of this request.
     public var x86_64Bytes: [UInt8] {
         (0..<Self.wireSize).map { UInt8(truncatingIfNeeded: words[$0 >> 3] >> UInt64(($0 & 7) * 8)) }

@@ -15,6 +15,10 @@ public enum BackendEvent: Equatable, Sendable {
     case connectSucceeded
     /// The `.connect` action failed; the reason goes to the device's `error` key.
     case connectFailed(String)
+    /// A previous backend left the device Connected, with a connected
+    /// frontend, and this one took its rings over from its record: the
+    /// `state` key already says Connected.
+    case resumed
 }
 
 /// What the driver must do, in order.
@@ -87,6 +91,12 @@ public struct BackendStateMachine: Sendable, Equatable {
             // Partly set up: the disconnect cleans up whatever was done.
             isAttached = false
             return [.reportError(reason), .disconnect] + switchTo(.closing)
+
+        case .resumed:
+            state = .connected
+            frontendState = .connected
+            isAttached = true
+            return []
         }
     }
 

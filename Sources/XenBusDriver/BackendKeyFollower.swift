@@ -58,3 +58,15 @@ public final class BackendKeyFollower: Sendable {
         for w in watches { try? await xenstore.unwatch(w.path, token: w.token) }
     }
 }
+
+extension XenStoreClient {
+    /// Writes `value` under a device's backend directory only while the
+    /// directory is there: once the toolstack removed it, a plain write would
+    /// bring it back. One transaction, so a removal cannot slip in between.
+    public func writeIfDevicePresent(_ backendPath: String, _ key: String, _ value: String) async throws {
+        try await withTransaction { t in
+            guard try await self.readIfPresent(backendPath + "/frontend", transaction: t) != nil else { return }
+            try await self.write(backendPath + "/" + key, value, transaction: t)
+        }
+    }
+}

@@ -26,7 +26,13 @@ public struct XenbusDeviceLoop: Sendable {
     /// cancelled; either way `disconnect` has run when it returns. The
     /// device's features must be published before this is called: it
     /// switches to InitWait first.
-    public func run(connect: @escaping @Sendable () async throws -> Void, disconnect: @escaping @Sendable () async -> Void) async throws {
+    /// With `resume`, a device a previous backend left Connected to a
+    /// connected frontend is taken over where it stood (`resume` maps the
+    /// rings again and does what the old backend owed) instead of waiting for
+    /// the frontend to start over, which Linux's frontends never do on their
+    /// own. If `resume` throws, the device waits for the frontend as before.
+    public func run(connect: @escaping @Sendable () async throws -> Void, disconnect: @escaping @Sendable () async -> Void,
+                    resume: (@Sendable () async throws -> Void)? = nil) async throws {
         var machine = BackendStateMachine()
         // A backend state of Connected left in xenstore means a previous
         // backend served this device and died without closing it. Its rings
@@ -42,9 +48,20 @@ public struct XenbusDeviceLoop: Sendable {
         // it start over (had we written InitWait first, its Initialising and
         // Initialised could coalesce into one watch event that looks stale).
         var staleConnection = previous == .connected && (frontNow == .connected || frontNow == .initialised)
+        if staleConnection, let resume {
+            do {
+                try await resume()
+                _ = machine.handle(.resumed)
+                staleConnection = false
+                logger.info("resumed the connection a previous backend left")
+            } catch {
+                await disconnect()
+                logger.warning("cannot resume the previous backend's connection: \(error)")
+            }
+        }
         if staleConnection {
             logger.warning("the frontend is connected to a previous backend; waiting for it to reconnect")
-        } else {
+        } else if machine.state != .connected {
             try await perform(machine.handle(.probed), machine: &machine, connect: connect, disconnect: disconnect)
         }
 

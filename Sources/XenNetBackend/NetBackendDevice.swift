@@ -222,10 +222,10 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         } else {
             let error = NetDeviceError.badKey(path: backendPath + "/rate", value: text, why: "expected \"bytes,microseconds\", both positive")
             logger.error("transmit rate refused: \(error)")
-            try? await xenstore.write(backendPath + "/error", "\(error)")
+            try? await xenstore.writeIfDevicePresent(backendPath, "error", "\(error)")
             status = "refused (still \(rateSetting.current.map { "\($0)" } ?? "unlimited")): \(error)"
         }
-        try? await xenstore.write(backendPath + "/" + Self.rateStatusKey, status)
+        try? await xenstore.writeIfDevicePresent(backendPath, Self.rateStatusKey, status)
     }
 
     private func key(_ name: String) async throws -> String? {

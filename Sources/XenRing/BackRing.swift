@@ -35,6 +35,37 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
         self.publishedResponses = index
     }
 
+    /// `rsp_prod` as the page holds it: what the frontend has been told.
+    /// Acquiring, like every read of an index the peer may act on.
+    public static func publishedResponses(in memory: SharedRingMemory) -> RingIndex {
+        // SAFETY: a header word of the borrowed mapping, read once.
+        RingIndex(memory.index(at: SharedRingMemory.responseProducerOffset).pointee.load(ordering: .acquiring))
+    }
+
+    /// Attaches to a live ring a previous backend served, as it left it:
+    /// `rsp_prod` read from the page (what the frontend has been told) and
+    /// `inFlight` requests consumed but not answered there. Throws if the
+    /// page's indices cannot be where a ring with that many requests in
+    /// flight stands (the record does not belong to this ring).
+    public init(resuming memory: SharedRingMemory, inFlight: UInt32) throws(RingError) {
+        let size = try Layout.checkGeometry(memory)
+        // Acquiring: the frontend's requests up to req_prod are read after this.
+        // SAFETY: the header words of the borrowed mapping; read once each.
+        let published = RingIndex(memory.index(at: SharedRingMemory.responseProducerOffset).pointee.load(ordering: .acquiring))
+        let producer = RingIndex(memory.index(at: SharedRingMemory.requestProducerOffset).pointee.load(ordering: .acquiring))
+        let consumer = published &+ inFlight
+        // Consumed requests were published: req_prod is at least req_cons and
+        // at most a ring ahead of rsp_prod.
+        guard inFlight <= size, producer &- published <= size, consumer &- published <= producer &- published else {
+            throw .requestProducerOverflow(producer: producer, consumer: consumer, responsesProduced: published, size: size)
+        }
+        self.size = size
+        self.memory = memory
+        self._requestConsumer = consumer
+        self._responseProducerPrivate = published
+        self.publishedResponses = published
+    }
+
     @inlinable
     var mask: UInt32 { size &- 1 }
 

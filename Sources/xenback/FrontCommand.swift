@@ -57,6 +57,9 @@ struct BlockFrontCommand: AsyncParsableCommand {
     @Option(help: "Workload seconds (0 skips).") var seconds: Int = 3
     @Option(help: "Soak mode: for this many seconds (or until SIGTERM), alternate a 4 MiB verify pass and a second of random I/O, printing a progress line each second.")
     var soak: Int?
+    @Flag(help: "With --soak: behave as Linux's blkfront does when its backend goes silent: never set up new rings; wait (30 s at most) for a backend that takes over the old ones. A pause longer than that fails the soak.")
+    var neverReconnect = false
+
     @Flag(help: "With --soak: stay connected but idle (no I/O) for that long or until SIGTERM.")
     var idle = false
     @Option(help: "First guest frame this frontend may use (with --sim; several disks of one guest need disjoint frames).")
@@ -147,7 +150,7 @@ struct BlockFrontCommand: AsyncParsableCommand {
         var committed: [Int: UInt64] = [:]
         var pass = 0, recoveries = 0, lostAfterRecovery = 0
         let readOnly = d.info.contains(.readOnly)
-        func shortTimeouts() { for q in front.queues { q.responseTimeoutMilliseconds = 2_000 } }
+        func shortTimeouts() { for q in front.queues { q.responseTimeoutMilliseconds = neverReconnect ? 30_000 : 2_000 } }
         shortTimeouts()
         // Relaxed: a flag with nothing to publish; seeing it a pass late is fine.
         while clock.now < end && !SoakSignal.stop.load(ordering: .relaxed) {
@@ -173,6 +176,11 @@ struct BlockFrontCommand: AsyncParsableCommand {
                 workload.startBytes = half
                 let w = try front.run(workload)
                 ops += w.operations; bytes += w.bytes; errors += w.errors
+            } catch BlockFrontendError.timeout where neverReconnect {
+                // Linux's blkfront would hang here for ever; we say so and stop.
+                print("backend stopped answering for 30 s: a Linux guest's disk would hang here")
+                fflush(nil)
+                return false
             } catch BlockFrontendError.timeout {
                 // The backend is gone: new rings once a new one is there.
                 print("backend stopped answering: reconnecting")
@@ -197,7 +205,11 @@ struct BlockFrontCommand: AsyncParsableCommand {
             }
             let elapsed = clock.now - started
             let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            print("progress iops=\(Int(Double(ops) / secs)) mbps=\(fmt(Double(bytes) / 1e6 / secs, 1)) errors=\(errors + totals.failedRequests) verified=\(totals.blocksVerified) mismatches=\(totals.mismatches) recoveries=\(recoveries)")
+            // The longest the guest waited for an answer in this pass (ms).
+            let longest = front.queues.map(\.longestWait).max() ?? .zero
+            for q in front.queues { q.longestWait = .zero }
+            let pauseMilliseconds = longest.components.seconds * 1000 + longest.components.attoseconds / 1_000_000_000_000_000
+            print("progress iops=\(Int(Double(ops) / secs)) mbps=\(fmt(Double(bytes) / 1e6 / secs, 1)) errors=\(errors + totals.failedRequests) verified=\(totals.blocksVerified) mismatches=\(totals.mismatches) recoveries=\(recoveries) pause_ms=\(pauseMilliseconds)")
             fflush(nil)
             pass += 1
             if errors > 0 { totals.failedRequests += errors }

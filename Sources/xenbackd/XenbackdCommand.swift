@@ -75,7 +75,17 @@ struct XenbackdCommand: AsyncParsableCommand {
     @Option(help: "Write Prometheus metrics (per-device requests, bytes, errors) to this file every second, replacing it atomically (node_exporter's textfile collector reads it).")
     var metricsFile: String?
 
+    @Option(help: "Where each ring's record of what it owes is kept (tmpfs), so that a restarted xenbackd takes over the connections it left instead of leaving guests waiting. Default /run/xenback (with --platform sim: <sim socket>.state); none turns records off.")
+    var stateDir: String?
+
     static let defaultConfigPath = "/etc/xenback/xenbackd.json"
+
+    /// The records' directory, or nil when turned off.
+    var stateDirectory: String? {
+        if stateDir == "none" { return nil }
+        if let stateDir { return stateDir }
+        return platform.resolved() == .sim ? simSocket.map { $0 + ".state" } : "/run/xenback"
+    }
 
     /// The file's settings, or none if no file is given and the default is absent.
     func loadFile() throws(ConfigurationError) -> DaemonConfiguration {
@@ -91,6 +101,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         if let maxQueues { c.maximumQueues = maxQueues }
         if let maxRingPageOrder { c.maximumRingPageOrder = maxRingPageOrder }
         if let persistentGrants { c.maximumPersistentGrants = persistentGrants }
+        c.stateDirectory = stateDirectory
         do { try c.validate() } catch { throw .badValue(source: "command line", key: "block", reason: "\(error)") }
         return c
     }
@@ -138,6 +149,9 @@ struct XenbackdCommand: AsyncParsableCommand {
         }
         let blockConfiguration = try blockConfiguration(file)
         let netConfiguration = try netConfiguration(file)
+        if let directory = blockConfiguration.stateDirectory, mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw ValidationError("--state-dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
+        }
         let metricsFile = self.metricsFile ?? file.metrics?.file
         let logger = Logger(label: "xenbackd")
         let registry = PrometheusCollectorRegistry()

@@ -51,11 +51,11 @@ final class SimProcesses {
 
     /// A guest domain whose disk on `disk` the daemon serves, soaking it with
     /// verified writes and flushes (`xenback front blk --soak`) as a process.
-    func soakingGuest(domain: UInt16, disk: TempDisk, xenstore: XenStoreClient) async throws -> (Child, LineReader) {
+    func soakingGuest(domain: UInt16, disk: TempDisk, xenstore: XenStoreClient, arguments: [String] = []) async throws -> (Child, LineReader) {
         _ = try toolstack.createDomain(DomainID(domain), pages: 2048, grantEntries: 8192)
         let attached = try await ToolstackDisk.create(xenstore: xenstore, frontend: DomainID(domain), target: disk.path)
         _ = try await awaitXenbusState(xenstore, attached.backendPath, "xenbackd probing") { $0 == .initWait }
-        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "\(domain)", "--soak", "120", "--iodepth", "8"])
+        let guest = try Child([xenback, "front", "blk", "--sim", simSocket, "--domain", "\(domain)", "--soak", "120", "--iodepth", "8"] + arguments)
         return (guest, LineReader(guest))
     }
 
@@ -69,6 +69,8 @@ final class SimProcesses {
         await dom0.close()
         sim.signal(SIGTERM)
         sim.wait()
+        // The daemon's default ring records for this sim.
+        _ = runShell("rm -rf \(simSocket).state")
     }
 }
 
@@ -308,11 +310,11 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
 
 @Suite struct DaemonCrashTests {
     /// kill -9 of xenbackd while a guest writes, flushes and verifies; a new
-    /// xenbackd finds the device, waits for the frontend to set up new rings
-    /// (it does not resume the dead one's), the guest resubmits, and every
-    /// region whose writes and flush had been acknowledged reads back intact.
-    @Test func killedDaemonRestartsAndNoFlushedWriteIsLost() async throws {
-        let host = try await SimProcesses()
+    /// xenbackd without ring records finds the device, waits for the
+    /// frontend to set up new rings, the guest resubmits, and every region
+    /// whose writes and flush had been acknowledged reads back intact.
+    @Test func killedDaemonWithoutRecordsWaitsForTheFrontendAndNoFlushedWriteIsLost() async throws {
+        let host = try await SimProcesses(daemonArguments: ["--state-dir", "none"])
         let file = TempDisk(megabytes: 64)
         let (guest, output) = try await host.soakingGuest(domain: 4, disk: file, xenstore: host.dom0)
         func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
@@ -321,7 +323,7 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
         #expect(try await until("progress"))
         host.daemon.signal(SIGKILL)
         #expect(host.daemon.wait() == 128 + SIGKILL)
-        try host.restartDaemon()
+        try host.restartDaemon(["--state-dir", "none"])
         #expect(try await until("reconnected"), "the guest reconnected to the new daemon: \(output.lines)")
         #expect(output.lines.last?.contains(" 0 blocks lost") == true, "\(output.lines.last ?? "")")
         #expect(try await until("progress"), "I/O goes on after the restart")
@@ -332,6 +334,54 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
         #expect(verdict.hasPrefix("verified: ok") && verdict.contains("recoveries=1") && verdict.contains("lost=0"), "\(verdict)")
         #expect(host.stopDaemon() == 0)
         await host.shutdown()
+    }
+}
+
+@Suite struct DaemonTakeOverTests {
+    /// kill -9 of xenbackd under a guest that, like Linux's blkfront, never
+    /// sets up new rings: the new xenbackd takes the old rings over from
+    /// their records, does again what the dead one owed, and the guest goes
+    /// on with no error, no mismatch and no reconnection.
+    @Test(arguments: [1, 2])
+    func killedDaemonIsTakenOverWithoutTheGuestNoticing(queues: Int) async throws {
+        let host = try await SimProcesses()
+        let file = TempDisk(megabytes: 64)
+        let (guest, output) = try await host.soakingGuest(domain: 5, disk: file, xenstore: host.dom0,
+                                                          arguments: ["--never-reconnect", "--queues", "\(queues)"])
+        func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
+        #expect(try await until("progress"))
+        let records = try FileManagerless.list(host.simSocket + ".state")
+        #expect(records.count == queues && records.allSatisfy { $0.hasPrefix("vbd-5-51712-q") }, "one record per ring: \(records)")
+        for round in 1...3 {
+            #expect(try await until("progress"), "round \(round): I/O before the kill")
+            host.daemon.signal(SIGKILL)
+            #expect(host.daemon.wait() == 128 + SIGKILL)
+            try host.restartDaemon()
+            #expect(try await until("progress"), "round \(round): I/O goes on after the restart: \(output.lines.suffix(3))")
+        }
+        guest.signal(SIGTERM)
+        #expect(try await until("verified:"))
+        #expect(guest.wait() == 0)
+        let verdict = output.lines.last ?? ""
+        #expect(verdict.hasPrefix("verified: ok") && verdict.contains("mismatches=0") && verdict.contains("failed=0")
+                && verdict.contains("recoveries=0"), "\(verdict)")
+        #expect(!output.lines.contains { $0.contains("errors=") && !$0.contains("errors=0") }, "no I/O error: \(output.lines)")
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+}
+
+/// Directory listing without Foundation.
+enum FileManagerless {
+    static func list(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
     }
 }
 
