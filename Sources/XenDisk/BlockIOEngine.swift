@@ -1,5 +1,6 @@
 import CXenAIO
 import CXenShims
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,6 +44,8 @@ package final class BlockIOEngine {
     package let depth: Int
     /// Readable when completions are waiting (-1 for sync: never needed).
     package let completionDescriptor: Int32
+    /// Owns `completionDescriptor`, an eventfd (nil for sync).
+    private let completions: OwnedDescriptor?
     private var aio: OpaquePointer?
     private var uring: OpaquePointer?
     /// Reap buffers, and for sync the completed-but-unreaped operations.
@@ -58,18 +61,20 @@ package final class BlockIOEngine {
         self.depth = depth
         switch kind {
         case .sync:
-            completionDescriptor = -1; aio = nil; uring = nil
+            completionDescriptor = -1; completions = nil; aio = nil; uring = nil
         case .libaio, .ioUring:
-            let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-            guard fd >= 0 else { throw .setup(engine: kind, errno: errno) }
+            // Owned: a failed context below closes it on the way out.
+            let fd: OwnedDescriptor
+            do { fd = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC | EFD_NONBLOCK)) } catch { throw .setup(engine: kind, errno: error.code) }
             if kind == .libaio {
-                guard let c = CXenAIO_aio_create(UInt32(depth), fd) else { let e = errno; close(fd); throw .setup(engine: kind, errno: e) }
+                guard let c = CXenAIO_aio_create(UInt32(depth), fd.raw) else { throw .setup(engine: kind, errno: errno) }
                 aio = c; uring = nil
             } else {
-                guard let c = CXenAIO_uring_create(UInt32(depth), fd) else { let e = errno; close(fd); throw .setup(engine: kind, errno: e) }
+                guard let c = CXenAIO_uring_create(UInt32(depth), fd.raw) else { throw .setup(engine: kind, errno: errno) }
                 aio = nil; uring = c
             }
-            completionDescriptor = fd
+            completionDescriptor = fd.raw
+            completions = consume fd
         }
         // SAFETY: owned by this engine (see the properties), freed in deinit.
         tags = .allocate(capacity: depth)
@@ -89,8 +94,8 @@ package final class BlockIOEngine {
     }
 
     deinit {
+        // The eventfd closes after this, once the kernel context is gone.
         shutdown()
-        if completionDescriptor >= 0 { close(completionDescriptor) }
         tags.deallocate()
         results.deallocate()
     }

@@ -1,4 +1,5 @@
 import CXenShims
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,9 @@ public enum BackingError: Error, Equatable, Sendable, CustomStringConvertible {
 /// on `fd` (positional I/O, so several rings may share it).
 public final class FileBacking: @unchecked Sendable {
     public let path: String
-    public let fd: Int32
+    private let descriptor: OwnedDescriptor
+    /// For positional I/O; owned by this backing (closed when it goes).
+    public var fd: Int32 { descriptor.raw }
     public let isBlockDevice: Bool
     public let geometry: DiskGeometry
     /// Opened with O_DIRECT: data bypasses dom0's page cache.
@@ -32,15 +35,22 @@ public final class FileBacking: @unchecked Sendable {
 
     /// Opens `path`; with `direct`, uses O_DIRECT where the backing takes
     /// 512-byte aligned direct I/O (tried once at open), buffered I/O otherwise.
+    /// A throw after the open closes the descriptor (it is owned).
     public init(path: String, readOnly: Bool = false, direct: Bool = false) throws(BackingError) {
         let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
-        var fd = direct ? open(path, flags | CXenShims_O_DIRECT()) : -1
-        if fd >= 0 && !Self.acceptsSectorAlignedDirectIO(fd) { close(fd); fd = -1 }
-        isDirect = fd >= 0
-        if fd < 0 { fd = open(path, flags) }
-        guard fd >= 0 else { throw .open(path: path, errno: errno) }
+        let descriptor: OwnedDescriptor
+        if direct, let d = try? OwnedDescriptor(opening: path, flags | CXenShims_O_DIRECT()),
+           Self.acceptsSectorAlignedDirectIO(d.raw) {
+            descriptor = d
+            isDirect = true
+        } else {
+            // A direct descriptor that failed the probe was closed as its binding ended.
+            do { descriptor = try OwnedDescriptor(opening: path, flags) } catch { throw .open(path: path, errno: error.code) }
+            isDirect = false
+        }
+        let fd = descriptor.raw
         var st = stat()
-        guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw .open(path: path, errno: e) }
+        guard fstat(fd, &st) == 0 else { throw .open(path: path, errno: errno) }
         let bytes: UInt64, logical: Int, physical: Int
         var discard = !readOnly, secure = false, granularity = 0
         switch st.st_mode & S_IFMT {
@@ -51,9 +61,7 @@ public final class FileBacking: @unchecked Sendable {
             isBlockDevice = false
         case S_IFBLK:
             var size: UInt64 = 0; var l: Int32 = 0; var p: Int32 = 0
-            guard CXenShims_block_device_geometry(fd, &size, &l, &p) == 0 else {
-                let e = errno; close(fd); throw .open(path: path, errno: e)
-            }
+            guard CXenShims_block_device_geometry(fd, &size, &l, &p) == 0 else { throw .open(path: path, errno: errno) }
             bytes = size; logical = Int(l); physical = Int(p)
             isBlockDevice = true
             // What the device's queue says it can do (Linux blkback asks the same queue).
@@ -62,18 +70,15 @@ public final class FileBacking: @unchecked Sendable {
             granularity = Self.sysfsNumber(queue + "discard_granularity") ?? 0
             secure = discard && (Self.sysfsNumber(queue + "max_secure_erase_sectors") ?? 0) > 0
         default:
-            close(fd)
             throw .notADisk(path: path)
         }
         self.path = path
-        self.fd = fd
+        self.descriptor = descriptor
         var geometry = DiskGeometry(sectors: bytes / 512, logicalSectorSize: logical, physicalSectorSize: physical,
                                     readOnly: readOnly, discard: discard, secureDiscard: secure)
         geometry.discardGranularity = granularity
         self.geometry = geometry
     }
-
-    deinit { close(fd) }
 
     /// /sys/dev/block/MAJOR:MINOR/queue/ for a device number (glibc's
     /// gnu_dev_major/minor split).
@@ -84,11 +89,9 @@ public final class FileBacking: @unchecked Sendable {
     }
 
     package static func sysfsNumber(_ path: String) -> Int? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        guard let file = try? OwnedDescriptor(opening: path, O_RDONLY | O_CLOEXEC) else { return nil }
         var buffer = [UInt8](repeating: 0, count: 64)
-        let n = Glibc.read(fd, &buffer, 63)
+        let n = Glibc.read(file.raw, &buffer, 63)
         guard n > 0 else { return nil }
         return Int(String(decoding: buffer[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
     }

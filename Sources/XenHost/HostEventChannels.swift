@@ -9,17 +9,15 @@ import XenSystem
 /// pending ports by read(), unmask by write() of the port number.
 public final class HostEventChannelDevice: EventChannelDevice, @unchecked Sendable {
     public let devicePath: String
-    public let fileDescriptor: Int32
+    private let device: OwnedDescriptor
+    public var fileDescriptor: Int32 { device.raw }
 
     public init(devicePath: String = "/dev/xen/evtchn") throws(EventChannelError) {
         self.devicePath = devicePath
-        switch Syscall.open(devicePath, O_RDWR | O_CLOEXEC | O_NONBLOCK) {
-        case .success(let fd): fileDescriptor = fd
-        case .failure(let failure): throw .system(operation: "open \(devicePath)", errno: failure.code)
+        do { device = try OwnedDescriptor(opening: devicePath, O_RDWR | O_CLOEXEC | O_NONBLOCK) } catch {
+            throw .system(operation: "open \(devicePath)", errno: error.code)
         }
     }
-
-    deinit { Syscall.close(fileDescriptor) }
 
     public func bindInterdomain(remoteDomain: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> EventChannelPort {
         // struct ioctl_evtchn_bind_interdomain: remote_domain, remote_port; returns the local port.

@@ -15,17 +15,15 @@ import XenSystem
 /// our own funnel lets tests check every call's exact bytes.
 public final class HostGrants: GrantOperations, @unchecked Sendable {
     public let devicePath: String
-    let fd: Int32
+    private let device: OwnedDescriptor
+    var fd: Int32 { device.raw }
 
     public init(devicePath: String = "/dev/xen/gntdev") throws(GrantError) {
         self.devicePath = devicePath
-        switch Syscall.open(devicePath, O_RDWR | O_CLOEXEC) {
-        case .success(let fd): self.fd = fd
-        case .failure(let failure): throw .system(operation: "open \(devicePath)", errno: failure.code)
+        do { device = try OwnedDescriptor(opening: devicePath, O_RDWR | O_CLOEXEC) } catch {
+            throw .system(operation: "open \(devicePath)", errno: error.code)
         }
     }
-
-    deinit { Syscall.close(fd) }
 
     public func map(_ refs: UnsafeBufferPointer<GrantRef>, of domain: DomainID, writable: Bool) throws(GrantError) -> GrantMapping {
         guard !refs.isEmpty else { throw .invalidArgument("no grant references to map") }

@@ -31,11 +31,12 @@ enum InterfaceControl {
     /// An interface ioctl on a throwaway datagram socket, `ifr` naming
     /// `name` (any other fields set by the caller).
     static func onSocket(_ name: String, _ request: UInt, _ ifr: inout ifreq) -> Result<Void, Errno> {
-        let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { return .failure(Errno(errno)) }
-        defer { Syscall.close(s) }
+        let s: OwnedDescriptor
+        do { s = try OwnedDescriptor(socket: AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) } catch {
+            return .failure(error)
+        }
         ifr.ifr_ifrn = Self.request(naming: name).ifr_ifrn
-        return control(s, request, &ifr).map { _ in }
+        return control(s.raw, request, &ifr).map { _ in }
     }
 
     /// SIOCGIFINDEX: the interface's index (ENODEV: there is none).
@@ -85,29 +86,20 @@ enum InterfaceControl {
 
     /// Opens /dev/net/tun as the TAP `name` (IFF_TAP | IFF_NO_PI |
     /// IFF_VNET_HDR, plus IFF_MULTI_QUEUE if asked), non-blocking and
-    /// close-on-exec, with a `vnetHeaderSize`-byte virtio-net header.
-    static func openTap(_ name: String, multiQueue: Bool, vnetHeaderSize: Int32) -> Result<Int32, Errno> {
-        let fd: Int32
-        switch Syscall.open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC) {
-        case .success(let d): fd = d
-        case .failure(let e): return .failure(e)
-        }
+    /// close-on-exec, with a `vnetHeaderSize`-byte virtio-net header. A
+    /// refused ioctl closes the descriptor (it is owned from the open).
+    static func openTap(_ name: String, multiQueue: Bool, vnetHeaderSize: Int32) throws(Errno) -> OwnedDescriptor {
+        let fd = try OwnedDescriptor(opening: "/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC)
         var ifr = request(naming: name)
         ifr.ifr_ifru.ifru_flags = CXenNet_IFF_TAP | CXenNet_IFF_NO_PI | CXenNet_IFF_VNET_HDR | (multiQueue ? CXenNet_IFF_MULTI_QUEUE : 0)
+        _ = try control(fd.raw, CXenNet_TUNSETIFF, &ifr).get()
         var headerSize = vnetHeaderSize
-        var result = control(fd, CXenNet_TUNSETIFF, &ifr)
-        if case .success = result {
-            // SAFETY: TUNSETVNETHDRSZ reads the int at the pointer, a local
-            // exclusively borrowed for the call.
-            result = withUnsafeMutableBytes(of: &headerSize) {
-                Syscall.ioctl(fd, CXenNet_TUNSETVNETHDRSZ, $0.baseAddress, size: $0.count)
-            }
-        }
-        if case .failure(let e) = result {
-            Syscall.close(fd)
-            return .failure(e)
-        }
-        return .success(fd)
+        // SAFETY: TUNSETVNETHDRSZ reads the int at the pointer, a local
+        // exclusively borrowed for the call.
+        _ = try withUnsafeMutableBytes(of: &headerSize) {
+            Syscall.ioctl(fd.raw, CXenNet_TUNSETVNETHDRSZ, $0.baseAddress, size: $0.count)
+        }.get()
+        return fd
     }
 
     /// TUNSETOFFLOAD: what the kernel may hand us (TUN_F_* bits, passed as

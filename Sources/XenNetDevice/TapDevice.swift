@@ -1,6 +1,7 @@
 import Synchronization
 import CXenNet
 import XenPlatform
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,8 +26,9 @@ public struct NetworkNamespace: Sendable, Equatable {
     /// `ip netns add NAME` creates /var/run/netns/NAME.
     public static func named(_ name: String) -> NetworkNamespace { NetworkNamespace(path: "/var/run/netns/" + name) }
 
-    /// Runs `body` inside the namespace.
-    public func run<T: Sendable>(_ body: @escaping @Sendable () throws(NetworkSetupError) -> T) throws(NetworkSetupError) -> T {
+    /// Runs `body` inside the namespace. `T` may be non-copyable (the
+    /// descriptors a TAP device opens there, owned all the way out).
+    public func run<T: ~Copyable & Sendable>(_ body: @escaping @Sendable () throws(NetworkSetupError) -> T) throws(NetworkSetupError) -> T {
         guard let path else { return try body() }
         let result = Mutex<Result<T, NetworkSetupError>?>(nil)
         let thread = JoinableThread {
@@ -35,11 +37,11 @@ public struct NetworkNamespace: Sendable, Equatable {
                 result.withLock { $0 = .failure(NetworkSetupError("entering network namespace \(path)", errno: -r)) }
                 return
             }
-            let outcome = Result { () throws(NetworkSetupError) in try body() }
-            result.withLock { $0 = outcome }
+            var outcome = Optional(Result { () throws(NetworkSetupError) -> T in try body() })
+            result.withLock { $0 = outcome.take() }
         }
         thread.join()
-        return try result.withLock { $0! }.get()
+        return try result.withLock { $0.take()! }.get()
     }
 }
 
@@ -51,10 +53,11 @@ public final class TapDevice: Sendable {
     public let name: String
     public let namespace: NetworkNamespace
     public let multiQueue: Bool
-    private let descriptors: Mutex<[Int32]>
+    /// Owned: closing the last one removes the interface.
+    private let descriptors: Mutex<OwnedDescriptors>
 
     /// The open queues' descriptors (queue i reads and writes through [i]).
-    public var queueDescriptors: [Int32] { descriptors.withLock { $0 } }
+    public var queueDescriptors: [Int32] { descriptors.withLock { $0.raw } }
 
     /// Creates the interface `name` with `queues` queues.
     public init(name: String, queues: Int = 1, multiQueue: Bool = false, namespace: NetworkNamespace = .current) throws(NetworkSetupError) {
@@ -64,37 +67,33 @@ public final class TapDevice: Sendable {
         self.name = name
         self.namespace = namespace
         self.multiQueue = multiQueue || queues > 1
-        descriptors = Mutex([])
+        descriptors = Mutex(OwnedDescriptors())
         try setQueueCount(queues)
     }
-
-    deinit { for fd in queueDescriptors { close(fd) } }
 
     /// Opens or closes queues until there are `count` (the kernel spreads
     /// flows over every open queue, so none may be left unread).
     public func setQueueCount(_ count: Int) throws(NetworkSetupError) {
-        let current = queueDescriptors
-        if count < current.count {
-            for fd in current[count...] { close(fd) }
-            descriptors.withLock { $0 = Array(current[..<count]) }
+        let current = descriptors.withLock { $0.count }
+        if count < current {
+            // Closed here, outside the lock.
+            descriptors.withLock { $0.removeLast(max(0, $0.count - count)) }.close()
             return
         }
-        guard count > current.count else { return }
+        guard count > current else { return }
         guard multiQueue || count == 1 else { throw NetworkSetupError("\(name) was made single-queue; asked for \(count) queues", errno: EINVAL) }
         let name = self.name, multi = multiQueue
-        let added = try namespace.run { () throws(NetworkSetupError) -> [Int32] in
-            var fds: [Int32] = []
-            for _ in current.count..<count {
-                switch InterfaceControl.openTap(name, multiQueue: multi, vnetHeaderSize: Int32(VirtioNetHeader.size)) {
-                case .success(let fd): fds.append(fd)
-                case .failure(let e):
-                    for f in fds { close(f) }
-                    throw NetworkSetupError("creating TAP \(name)", errno: e.code)
+        // Owned from the open: a queue that fails closes those opened before it.
+        var added = Optional(try namespace.run { () throws(NetworkSetupError) -> OwnedDescriptors in
+            var fds = OwnedDescriptors()
+            for _ in current..<count {
+                do throws(Errno) { fds.append(try InterfaceControl.openTap(name, multiQueue: multi, vnetHeaderSize: Int32(VirtioNetHeader.size))) } catch {
+                    throw NetworkSetupError("creating TAP \(name)", errno: error.code)
                 }
             }
             return fds
-        }
-        descriptors.withLock { $0 += added }
+        })
+        descriptors.withLock { $0.append(contentsOf: added.take()!) }
     }
 
     /// Whether the interface is still there (someone may `ip link del` it).

@@ -23,13 +23,22 @@ public enum WorkerExit: Sendable, Equatable {
 public final class IdleReactor: Sendable {
     public static let shared = IdleReactor()
 
-    private struct Parked {
-        var descriptors: [Int32]
-        var resume: @Sendable () -> Void
+    /// A parked worker. A class because it owns its descriptors (closed when
+    /// the entry goes, once woken) and a dictionary holds only copyable values.
+    /// SAFETY: `arming` and `firedWhileArming` are read and written under
+    /// `state`'s lock only; the rest is immutable.
+    private final class Parked: @unchecked Sendable {
+        let descriptors: OwnedDescriptors
+        let resume: @Sendable () -> Void
         /// `park` is still adding descriptors: one that fires meanwhile is
         /// noted here instead of closing descriptors `park` is still using.
         var arming = true
         var firedWhileArming = false
+
+        init(descriptors: consuming OwnedDescriptors, resume: @escaping @Sendable () -> Void) {
+            self.descriptors = descriptors
+            self.resume = resume
+        }
     }
     private let epoll: Epoll
     private let state = Mutex<(next: UInt64, parked: [UInt64: Parked], started: Bool)>((1, [:], false))
@@ -45,16 +54,24 @@ public final class IdleReactor: Sendable {
     /// them: pass duplicates of shared ones) and runs `resume` once, on the
     /// reactor's thread, when any of them is readable.
     public func park(descriptors: [Int32], resume: @escaping @Sendable () -> Void) {
+        park(descriptors: OwnedDescriptors(adopting: descriptors), resume: resume)
+    }
+
+    /// Watches `descriptors`, closed once the entry is woken, and runs
+    /// `resume` once, on the reactor's thread, when any of them is readable.
+    public func park(descriptors: consuming OwnedDescriptors, resume: @escaping @Sendable () -> Void) {
+        let watching = descriptors.raw
+        var entry = Optional(Parked(descriptors: descriptors, resume: resume))
         let (id, start) = state.withLock { s -> (UInt64, Bool) in
             let id = s.next
             s.next += 1
-            s.parked[id] = Parked(descriptors: descriptors, resume: resume)
+            s.parked[id] = entry.take()  // the only reference: woken, the entry closes its descriptors
             defer { s.started = true }
             return (id, !s.started)
         }
         if start { JoinableThread { self.loop() }.detach() }
         // Cannot watch one (EPERM, EEXIST): do not strand the worker, resume it now.
-        let watched = descriptors.allSatisfy { fd in
+        let watched = watching.allSatisfy { fd in
             if case .failure = epoll.add(fd, for: .readable, token: id) { return false }
             return true
         }
@@ -76,12 +93,15 @@ public final class IdleReactor: Sendable {
     }
 
     private func wake(_ id: UInt64) {
-        guard let entry = state.withLock({ $0.parked.removeValue(forKey: id) }) else { return }
-        for fd in entry.descriptors {
-            _ = epoll.remove(fd)  // ENOENT if park never got to it
-            close(fd)
-        }
-        entry.resume()
+        guard let resume = unpark(id) else { return }
+        resume()
+    }
+
+    /// Takes entry `id` out; its descriptors close as it goes, on return.
+    private func unpark(_ id: UInt64) -> (@Sendable () -> Void)? {
+        guard let entry = state.withLock({ $0.parked.removeValue(forKey: id) }) else { return nil }
+        for fd in entry.descriptors.raw { _ = epoll.remove(fd) }  // ENOENT if park never got to it
+        return entry.resume
     }
 
     private func loop() {

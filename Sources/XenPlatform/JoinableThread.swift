@@ -1,5 +1,6 @@
 import CXenShims
 import Synchronization
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -124,7 +125,10 @@ public final class WorkerStartHook: Sendable {
 /// descriptor) and gets a new thread when one fires, so an idle device
 /// holds no thread.
 public final class RingWorkerGroup: Sendable {
-    public let stopDescriptor: Int32
+    /// Owned by the group and closed when it goes (not at `stop`), so a
+    /// late `requestStop` never writes to a closed descriptor.
+    private let stopEvent: OwnedDescriptor
+    public var stopDescriptor: Int32 { stopEvent.raw }
     private let body: @Sendable (_ index: Int, _ stopDescriptor: Int32) -> WorkerExit
     private let wakeDescriptors: @Sendable (_ index: Int) -> [Int32]
     private let onStart: WorkerStartHook?
@@ -135,9 +139,9 @@ public final class RingWorkerGroup: Sendable {
     public init(count: Int, onStart: WorkerStartHook? = nil, reactor: IdleReactor = .shared,
                 wakeDescriptors: @escaping @Sendable (_ index: Int) -> [Int32] = { _ in [] },
                 _ body: @escaping @Sendable (_ index: Int, _ stopDescriptor: Int32) -> WorkerExit) throws(EventChannelError) {
-        let stop = eventfd(0, Int32(EFD_CLOEXEC))
-        guard stop >= 0 else { throw .system(operation: "eventfd", errno: errno) }
-        stopDescriptor = stop
+        do { stopEvent = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC)) } catch {
+            throw .system(operation: "eventfd", errno: error.code)
+        }
         self.body = body
         self.wakeDescriptors = wakeDescriptors
         self.onStart = onStart
@@ -158,9 +162,13 @@ public final class RingWorkerGroup: Sendable {
             self.state.withLock { $0.running -= 1 }
             switch exit {
             case .idle:
-                // The reactor owns what it watches: our own copy of the stop descriptor.
-                let wake = self.wakeDescriptors(index).map { dup($0) } + [dup(self.stopDescriptor)]
-                self.reactor.park(descriptors: wake.filter { $0 >= 0 }) { self.startThread(index) }
+                // The reactor owns what it watches: our own copies (one that
+                // cannot be made is left out), the stop descriptor's too.
+                var wake = OwnedDescriptors()
+                for fd in self.wakeDescriptors(index) + [self.stopDescriptor] where fd >= 0 {
+                    if let copy = try? OwnedDescriptor(duplicating: fd) { wake.append(copy) }
+                }
+                self.reactor.park(descriptors: wake) { self.startThread(index) }
             case .stopped:
                 let waiters = self.state.withLock { s -> [CheckedContinuation<Void, Never>] in
                     s.active -= 1
@@ -190,6 +198,5 @@ public final class RingWorkerGroup: Sendable {
             }
             if done { c.resume() }
         }
-        close(stopDescriptor)
     }
 }

@@ -1,4 +1,5 @@
 import CXenShims
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,32 +22,34 @@ public final class ChildProcess: @unchecked Sendable {
     private let output: UnsafeMutablePointer<FILE>
     public var outputDescriptor: Int32 { fileno(output) }
     private var exitStatus: Int32?
-    /// Our end of the lifeline (-1 without one). Closed once the child has
+    /// Our end of the lifeline (nil without one). Closed once the child has
     /// been waited for, or when this object goes away: closing it tells the
     /// child to stop.
-    private var lifeline: Int32
+    private var lifeline: OwnedDescriptor?
 
     /// `diesWithParent: false` is for children meant to keep running after
     /// we exit (`xenback guest create` leaves its frontends behind).
     public init(_ arguments: [String], standardError: String? = nil, diesWithParent: Bool = true) throws {
         // Close-on-exec from birth, so no other child started meanwhile (by
         // any thread) inherits these ends and keeps a pipe open.
+        // All four ends are owned: a throw below closes those still open.
         var fds: [Int32] = [0, 0]
         guard CXenShims_pipe_cloexec(&fds) == 0 else { throw ChildProcessError(description: "pipe: errno \(errno)") }
-        var lifelineFDs: [Int32] = [-1, -1]
+        let outputReadEnd = OwnedDescriptor(adopting: fds[0]), outputWriteEnd = OwnedDescriptor(adopting: fds[1])
+        var lifelineReadEnd: OwnedDescriptor? = nil, lifelineWriteEnd: OwnedDescriptor? = nil
         if diesWithParent {
-            guard CXenShims_pipe_cloexec(&lifelineFDs) == 0 else {
-                let e = errno
-                close(fds[0]); close(fds[1])
-                throw ChildProcessError(description: "pipe2 for the lifeline: errno \(e)")
-            }
+            var pair: [Int32] = [-1, -1]
+            guard CXenShims_pipe_cloexec(&pair) == 0 else { throw ChildProcessError(description: "pipe2 for the lifeline: errno \(errno)") }
+            lifelineReadEnd = OwnedDescriptor(adopting: pair[0])
+            lifelineWriteEnd = OwnedDescriptor(adopting: pair[1])
         }
+        let childLifeline = lifelineReadEnd?.raw ?? -1
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, outputWriteEnd.raw, 1)
         // dup2 onto the same number clears close-on-exec in the child only
         // (POSIX 2024; glibc since 2.29), so the child keeps the read end.
-        if diesWithParent { posix_spawn_file_actions_adddup2(&actions, lifelineFDs[0], lifelineFDs[0]) }
+        if diesWithParent { posix_spawn_file_actions_adddup2(&actions, childLifeline, childLifeline) }
         if let standardError { posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
@@ -61,7 +64,7 @@ public final class ChildProcess: @unchecked Sendable {
             if !String(cString: variable).hasPrefix(ParentLifeline.environmentVariable + "=") { environment.append(strdup(variable)) }
             entry += 1
         }
-        if diesWithParent { environment.append(strdup("\(ParentLifeline.environmentVariable)=\(lifelineFDs[0])")) }
+        if diesWithParent { environment.append(strdup("\(ParentLifeline.environmentVariable)=\(childLifeline)")) }
         environment.append(nil)
         defer {
             argv.forEach { free($0) }
@@ -69,20 +72,13 @@ public final class ChildProcess: @unchecked Sendable {
         }
         let rc = posix_spawn(&pid, arguments[0], &actions, nil, argv, environment)
         posix_spawn_file_actions_destroy(&actions)
-        close(fds[1])
-        if diesWithParent { close(lifelineFDs[0]) }
-        guard rc == 0 else {
-            close(fds[0])
-            if diesWithParent { close(lifelineFDs[1]) }
-            throw ChildProcessError(description: "cannot start \(arguments[0]): \(String(cString: strerror(rc)))")
-        }
+        // The child's ends are the child's now.
+        outputWriteEnd.close()
+        lifelineReadEnd = nil
+        guard rc == 0 else { throw ChildProcessError(description: "cannot start \(arguments[0]): \(String(cString: strerror(rc)))") }
         self.pid = pid
-        output = fdopen(fds[0], "r")
-        lifeline = lifelineFDs[1]
-    }
-
-    deinit {
-        if lifeline >= 0 { close(lifeline) }
+        output = fdopen(outputReadEnd.take(), "r")  // the stream owns it from here
+        lifeline = lifelineWriteEnd
     }
 
     /// The next line the child prints, without its newline (nil at end of output).
@@ -109,7 +105,7 @@ public final class ChildProcess: @unchecked Sendable {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         fclose(output)
-        if lifeline >= 0 { close(lifeline); lifeline = -1 }
+        lifeline = nil
         let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         exitStatus = code
         return code

@@ -7,41 +7,34 @@ import Glibc
 /// mapped again (a grant mapping is a second view of a guest page) and
 /// passed to other processes.
 final class SharedPages: @unchecked Sendable {
-    let fd: Int32
+    /// The memfd, owned by this object (the mapping holds its own reference).
+    private let descriptor: OwnedDescriptor
+    var fd: Int32 { descriptor.raw }
     let pageCount: Int
     /// This process's view of all pages. Owned by this object: unmapped when
-    /// it goes (after `fd` is closed; the mapping holds its own reference).
+    /// it goes.
     private let mapping: MappedMemory
     /// This process's view of all pages; valid while this object lives.
     var base: UnsafeMutableRawPointer { mapping.base }
 
     convenience init(name: String, pageCount: Int) throws(SimError) {
-        let fd: Int32
-        switch Syscall.memfdCreate(name) {
-        case .success(let d): fd = d
-        case .failure(let e): throw .system("memfd_create", e.code)
-        }
-        guard ftruncate(fd, off_t(pageCount * 4096)) == 0 else {
-            let e = errno
-            Syscall.close(fd)
-            throw .system("ftruncate", e)
-        }
+        let fd: OwnedDescriptor
+        do { fd = OwnedDescriptor(adopting: try Syscall.memfdCreate(name).get()) } catch { throw .system("memfd_create", error.code) }
+        guard ftruncate(fd.raw, off_t(pageCount * 4096)) == 0 else { throw .system("ftruncate", errno) }
         try self.init(adopting: fd, pageCount: pageCount)
     }
 
-    /// Maps pages of a memfd another process created; takes ownership of `fd`.
-    init(adopting fd: Int32, pageCount: Int) throws(SimError) {
+    /// Maps pages of a memfd another process created; owns `fd` from here
+    /// (a failed mapping closes it).
+    init(adopting fd: consuming OwnedDescriptor, pageCount: Int) throws(SimError) {
         do {
-            mapping = try MappedMemory(file: fd, length: pageCount * 4096)
+            mapping = try MappedMemory(file: fd.raw, length: pageCount * 4096)
         } catch {
-            Syscall.close(fd)
             throw .system("mmap", error.code)
         }
-        self.fd = fd
+        descriptor = fd
         self.pageCount = pageCount
     }
-
-    deinit { Syscall.close(fd) }
 
     /// SAFETY: in bounds only for `frame < pageCount` (callers check); the
     /// pointer is valid while this object lives. The guest (or its process)

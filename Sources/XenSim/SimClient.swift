@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import XenPlatform
 import XenStore
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,56 +13,51 @@ import Glibc
 /// through it, and gets xenstore connections acting as any domain. A
 /// frontend process uses the guest side, a backend process `platform(backend:)`.
 public final class SimClient: @unchecked Sendable {
-    let socket: Int32
+    /// The control connection, owned by this client.
+    private let connection: OwnedDescriptor
+    var socket: Int32 { connection.raw }
     let lock = Mutex(())
     /// This process's view of the domains it attached.
     let local = SimHypervisor()
 
     public init(socketPath: String) throws(SimError) {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system("socket", errno) }
-        let connected: Int32
-        do { connected = try SimWire.withAddress(socketPath) { connect(fd, $0, $1) } } catch { close(fd); throw error }
-        guard connected == 0 else { let e = errno; close(fd); throw .system("connect \(socketPath)", e) }
-        socket = fd
+        let fd: OwnedDescriptor
+        do { fd = try OwnedDescriptor(socket: AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) } catch {
+            throw .system("socket", error.code)
+        }
+        let raw = fd.raw  // (a closure capturing `fd` itself fails to compile in Swift 6.3: "copy of noncopyable typed value")
+        let connected = try SimWire.withAddress(socketPath) { connect(raw, $0, $1) }
+        guard connected == 0 else { throw .system("connect \(socketPath)", errno) }
+        connection = fd
     }
 
-    deinit { close(socket) }
-
-    /// One request and its reply; the reply's fds are the caller's.
-    func call(_ op: SimOp, _ args: [UInt32], fds: [Int32] = []) throws(SimError) -> (values: [UInt32], fds: [Int32]) {
-        let result: Result<([UInt32], [Int32]), SimError> = lock.withLock { _ in
+    /// One request and its reply (without the status word); the reply's
+    /// fds are the caller's, closed with the reply unless taken.
+    func call(_ op: SimOp, _ args: [UInt32], fds: [Int32] = []) throws(SimError) -> SimMessage {
+        let result: Result<SimMessage, SimError> = lock.withLock { _ in
             guard SimWire.send(socket, [op.rawValue] + args + [UInt32](repeating: 0, count: max(0, 4 - args.count)), fds: fds) else {
                 return .failure(.system("send to sim server", errno))
             }
-            guard let (words, replyFDs) = SimWire.receive(socket), let status = words.first else {
+            guard var reply = SimWire.receive(socket), let status = reply.words.first else {
                 return .failure(.remote(operation: "\(op)", errno: EPIPE))
             }
             let code = Int32(bitPattern: status)
-            if code != 0 {
-                for fd in replyFDs { close(fd) }
-                return .failure(.remote(operation: "\(op)", errno: -code))
-            }
-            return .success((Array(words.dropFirst()), replyFDs))
+            if code != 0 { return .failure(.remote(operation: "\(op)", errno: -code)) }
+            reply.words.removeFirst()
+            return .success(reply)
         }
         return try result.get()
     }
 
-    private func adopt(_ id: DomainID, _ reply: (values: [UInt32], fds: [Int32])) throws(SimError) -> SimDomain {
-        guard reply.values.count >= 2, reply.fds.count == 3 else {
-            for fd in reply.fds { close(fd) }
-            throw .remote(operation: "domain reply", errno: EPROTO)
-        }
-        let entries = Int(reply.values[1])
-        let memory: SharedPages, table: SharedPages
-        do {
-            memory = try SharedPages(adopting: reply.fds[0], pageCount: Int(reply.values[0]))
-        } catch { close(reply.fds[1]); close(reply.fds[2]); throw error }
-        do {
-            table = try SharedPages(adopting: reply.fds[1], pageCount: (entries * GrantFlags.entrySize + 4095) / 4096)
-        } catch { close(reply.fds[2]); throw error }
-        let ledger = try SharedPages(adopting: reply.fds[2], pageCount: SimServer.pinLedgerPages(entries: entries))
-        return local.attach(SimDomain(id: id, memory: memory, grantTable: table, grantEntries: reply.values[1],
+    /// Each of the reply's memfds is owned until a mapping adopts it: a
+    /// bad reply or a failed mapping closes the rest.
+    private func adopt(_ id: DomainID, _ reply: consuming SimMessage) throws(SimError) -> SimDomain {
+        guard reply.words.count >= 2, reply.fds.count == 3 else { throw .remote(operation: "domain reply", errno: EPROTO) }
+        let entries = Int(reply.words[1])
+        let memory = try SharedPages(adopting: reply.fds.removeFirst(), pageCount: Int(reply.words[0]))
+        let table = try SharedPages(adopting: reply.fds.removeFirst(), pageCount: (entries * GrantFlags.entrySize + 4095) / 4096)
+        let ledger = try SharedPages(adopting: reply.fds.removeFirst(), pageCount: SimServer.pinLedgerPages(entries: entries))
+        return local.attach(SimDomain(id: id, memory: memory, grantTable: table, grantEntries: reply.words[1],
                                       pinLedger: ledger, hypervisor: local))
     }
 
@@ -96,12 +92,9 @@ public final class SimClient: @unchecked Sendable {
     /// A new socket to the server's xenstored, already introduced as `domain`;
     /// the caller owns it.
     private func xenstoreSocket(as domain: DomainID) throws -> Int32 {
-        let reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
-        guard reply.fds.count == 1 else {
-            for fd in reply.fds { close(fd) }
-            throw SimError.remote(operation: "xenstore connect", errno: EPROTO)
-        }
-        return reply.fds[0]
+        var reply = try call(.xenstoreConnect, [UInt32(domain.rawValue)])
+        guard reply.fds.count == 1 else { throw SimError.remote(operation: "xenstore connect", errno: EPROTO) }
+        return reply.fds.removeFirst().take()  // swift-nio owns it from here
     }
 
     /// An event channel device for `domain`, served by the server's hypervisor.
@@ -119,30 +112,30 @@ public final class SimClient: @unchecked Sendable {
 /// server signals is local, so waiting is an ordinary poll.
 public final class RemoteEventChannelDevice: EventChannelDevice, @unchecked Sendable {
     public let domain: DomainID
-    public let fileDescriptor: Int32
+    /// The eventfd, owned by this device.
+    private let descriptor: OwnedDescriptor
+    public var fileDescriptor: Int32 { descriptor.raw }
     let client: SimClient
     let device: UInt32
 
     init(client: SimClient, domain: DomainID) throws(EventChannelError) {
-        let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard fd >= 0 else { throw .system(operation: "eventfd", errno: errno) }
+        let fd: OwnedDescriptor
+        do { fd = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC | EFD_NONBLOCK)) } catch {
+            throw .system(operation: "eventfd", errno: error.code)
+        }
         do {
             // The server gets its own reference to the same eventfd.
-            let reply = try client.call(.eventsOpen, [UInt32(domain.rawValue)], fds: [fd])
-            device = reply.values.first ?? 0
+            device = try client.call(.eventsOpen, [UInt32(domain.rawValue)], fds: [fd.raw]).words.first ?? 0
         } catch {
-            close(fd)
             throw .system(operation: "open sim event channels", errno: Self.code(of: error))
         }
         self.client = client
         self.domain = domain
-        fileDescriptor = fd
+        descriptor = fd
     }
 
-    deinit {
-        _ = try? client.call(.eventsClose, [device])
-        close(fileDescriptor)
-    }
+    /// The eventfd closes after this, with the object.
+    deinit { _ = try? client.call(.eventsClose, [device]) }
 
     static func code(of error: SimError) -> Int32 {
         switch error {
@@ -153,7 +146,7 @@ public final class RemoteEventChannelDevice: EventChannelDevice, @unchecked Send
 
     private func port(_ op: SimOp, _ args: [UInt32], _ subject: EventChannelPort) throws(EventChannelError) -> UInt32 {
         do {
-            return try client.call(op, [device] + args).values.first ?? 0
+            return try client.call(op, [device] + args).words.first ?? 0
         } catch {
             let e = Self.code(of: error)
             if e == ENOTCONN { throw .notBound(subject) }
@@ -168,7 +161,7 @@ public final class RemoteEventChannelDevice: EventChannelDevice, @unchecked Send
 
     public func bindInterdomain(remoteDomain: DomainID, remotePort: EventChannelPort) throws(EventChannelError) -> EventChannelPort {
         do {
-            return EventChannelPort(try client.call(.bind, [device, UInt32(remoteDomain.rawValue), remotePort.rawValue]).values.first ?? 0)
+            return EventChannelPort(try client.call(.bind, [device, UInt32(remoteDomain.rawValue), remotePort.rawValue]).words.first ?? 0)
         } catch {
             throw .cannotBind(remoteDomain: remoteDomain, remotePort: remotePort, reason: "\(error)")
         }
@@ -180,7 +173,7 @@ public final class RemoteEventChannelDevice: EventChannelDevice, @unchecked Send
 
     public func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int {
         let reply: [UInt32]
-        do { reply = try client.call(.pending, [device, UInt32(min(ports.count, SimWire.maximumWords - 2))]).values }
+        do { reply = try client.call(.pending, [device, UInt32(min(ports.count, SimWire.maximumWords - 2))]).words }
         catch { throw .system(operation: "pending", errno: Self.code(of: error)) }
         let n = min(Int(reply.first ?? 0), reply.count - 1, ports.count)
         // SAFETY: n <= ports.count; the caller's buffer, valid for the call.

@@ -1,6 +1,7 @@
 import CXenShims
 import Synchronization
 import XenPlatform
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,9 @@ import Glibc
 /// an event arriving while masked is remembered and delivered on unmask.
 public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendable {
     public let domain: DomainID
-    public let fileDescriptor: Int32
+    /// The eventfd, owned by this device.
+    private let descriptor: OwnedDescriptor
+    public var fileDescriptor: Int32 { descriptor.raw }
     let hypervisor: SimHypervisor
 
     struct Queue {
@@ -23,25 +26,23 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
     let queue = Mutex(Queue())
 
     init(hypervisor: SimHypervisor, domain: DomainID) throws(EventChannelError) {
-        let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard fd >= 0 else { throw .system(operation: "eventfd", errno: errno) }
-        self.fileDescriptor = fd
+        do { descriptor = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC | EFD_NONBLOCK)) } catch {
+            throw .system(operation: "eventfd", errno: error.code)
+        }
         self.hypervisor = hypervisor
         self.domain = domain
     }
 
     /// A device whose eventfd came from another process (`SimServer`): the
     /// device takes ownership of `eventFD` and signals the client through it.
-    init(hypervisor: SimHypervisor, domain: DomainID, eventFD: Int32) {
-        self.fileDescriptor = eventFD
+    init(hypervisor: SimHypervisor, domain: DomainID, eventFD: consuming OwnedDescriptor) {
+        descriptor = eventFD
         self.hypervisor = hypervisor
         self.domain = domain
     }
 
-    deinit {
-        closeAll()
-        close(fileDescriptor)
-    }
+    /// The eventfd closes after this, with the object.
+    deinit { closeAll() }
 
     /// Unbinds every port (the device closes, or its client went away).
     func closeAll() {

@@ -1,4 +1,5 @@
 import CXenShims
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,6 +21,18 @@ enum SimOp: UInt32 {
     case unbind = 10         // a=device b=port
     case pending = 11        // a=device b=max → [n, ports...]
     case eventsClose = 12    // a=device
+}
+
+/// One packet's words and the descriptors that came with it (SCM_RIGHTS),
+/// owned by whoever holds the message: those nobody takes close with it.
+struct SimMessage: ~Copyable {
+    var words: [UInt32]
+    var fds: OwnedDescriptors
+
+    init(_ words: [UInt32], fds: consuming OwnedDescriptors = OwnedDescriptors()) {
+        self.words = words
+        self.fds = fds
+    }
 }
 
 enum SimWire {
@@ -52,9 +65,9 @@ enum SimWire {
         return sent == bytes.count
     }
 
-    /// One packet: its words and any fds (now owned by the caller); nil at
-    /// end of stream or on error.
-    static func receive(_ socket: Int32) -> (words: [UInt32], fds: [Int32])? {
+    /// One packet: its words and any fds (owned by the message); nil at end
+    /// of stream or on error.
+    static func receive(_ socket: Int32) -> SimMessage? {
         var buffer = [UInt8](repeating: 0, count: maximumWords * 4)
         var fds = [Int32](repeating: -1, count: 8)
         var count: Int32 = 0
@@ -63,13 +76,12 @@ enum SimWire {
         let n = buffer.withUnsafeMutableBytes { b in
             fds.withUnsafeMutableBufferPointer { CXenShims_receive_with_fds(socket, b.baseAddress, UInt(b.count), $0.baseAddress, 8, &count) }
         }
-        guard n > 0, n % 4 == 0 else {
-            for fd in fds.prefix(Int(count)) { close(fd) }
-            return nil
-        }
+        // Owned from here: a bad packet closes what it carried.
+        let received = OwnedDescriptors(adopting: Array(fds.prefix(Int(count))))
+        guard n > 0, n % 4 == 0 else { return nil }
         let words = stride(from: 0, to: n, by: 4).map { i in
             UInt32(buffer[i]) | UInt32(buffer[i + 1]) << 8 | UInt32(buffer[i + 2]) << 16 | UInt32(buffer[i + 3]) << 24
         }
-        return (words, Array(fds.prefix(Int(count))))
+        return SimMessage(words, fds: received)
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import XenPlatform
 import XenStore
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,7 +17,8 @@ public final class SimServer: @unchecked Sendable {
     public let hypervisor: SimHypervisor
     public let xenstore: XenStoreServer
     let logger: Logger
-    let listener: Int32
+    /// Owned until `stop` closes it (nil afterwards, so a second stop does nothing).
+    private let listener: Mutex<OwnedDescriptor?>
     private let accepting = Mutex<JoinableThreadBox?>(nil)
     /// Each live connection's pin ledgers, per domain it attached: the
     /// grants its process has mapped or is copying (SimDomain.recordPins).
@@ -40,20 +42,23 @@ public final class SimServer: @unchecked Sendable {
         self.hypervisor = hypervisor
         self.xenstore = xenstore
         self.logger = logger
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system("socket", errno) }
+        let fd: OwnedDescriptor
+        do { fd = try OwnedDescriptor(socket: AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) } catch {
+            throw .system("socket", error.code)
+        }
         unlink(socketPath)
-        let bound: Int32
-        do { bound = try SimWire.withAddress(socketPath) { bind(fd, $0, $1) } } catch { close(fd); throw error }
-        guard bound == 0, listen(fd, 16) == 0 else { let e = errno; close(fd); throw .system("bind/listen \(socketPath)", e) }
-        listener = fd
+        let raw = fd.raw  // (a closure capturing `fd` itself fails to compile in Swift 6.3: "copy of noncopyable typed value")
+        let bound = try SimWire.withAddress(socketPath) { bind(raw, $0, $1) }
+        guard bound == 0, listen(fd.raw, 16) == 0 else { throw .system("bind/listen \(socketPath)", errno) }
+        listener = Mutex(fd)
     }
 
     /// Starts accepting clients, a thread each (clients are few and long-lived).
     public func start() {
+        guard let listening = listener.withLock({ $0?.raw }) else { return }  // stopped
         let thread = JoinableThread { [self] in
             while true {
-                let client = accept(listener, nil, nil)
+                let client = accept(listening, nil, nil)
                 if client < 0 {
                     if errno == EINTR { continue }
                     return  // shut down
@@ -68,8 +73,11 @@ public final class SimServer: @unchecked Sendable {
 
     /// Stops accepting; connected clients are served until they close.
     public func stop() {
-        shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
+        if let fd = listener.withLock({ $0.take() }) {
+            // Wakes the accept thread (close alone would not), then closes.
+            shutdown(fd.raw, Int32(SHUT_RDWR))
+            fd.close()
+        }
         unlink(socketPath)
         if let box = accepting.withLock({ b -> JoinableThreadBox? in defer { b = nil }; return b }) {
             box.thread.take()?.join()
@@ -77,8 +85,9 @@ public final class SimServer: @unchecked Sendable {
     }
 
     /// One client: requests in order until it hangs up; its event channel
-    /// devices die with the connection.
-    func serve(_ client: Int32) {
+    /// devices die with the connection. Owns `clientDescriptor`.
+    func serve(_ clientDescriptor: Int32) {
+        let client = OwnedDescriptor(adopting: clientDescriptor)
         var devices: [UInt32: SimEventChannelDevice] = [:]
         var nextDevice: UInt32 = 1
         let connection = pinLedgers.withLock { l -> UInt64 in
@@ -86,18 +95,17 @@ public final class SimServer: @unchecked Sendable {
             l.byConnection[l.next] = [:]
             return l.next
         }
-        defer {
-            for device in devices.values { device.closeAll() }
-            releasePins(of: connection)
-            close(client)
-            connectionClosed.withLock { $0 }?()
+        while var message = SimWire.receive(client.raw) {
+            let request = message.words + [UInt32](repeating: 0, count: max(0, 5 - message.words.count))
+            let reply = handle(request, &message.fds, connection, &devices, &nextDevice)
+            _ = SimWire.send(client.raw, reply.words, fds: reply.fds.raw)
+            // The reply's fds close here (the receiver has its own references
+            // now), and so do the request's that no device adopted.
         }
-        while let (words, fds) = SimWire.receive(client) {
-            let request = words + [UInt32](repeating: 0, count: max(0, 5 - words.count))
-            let (reply, replyFDs) = handle(request, fds, connection, &devices, &nextDevice)
-            _ = SimWire.send(client, reply, fds: replyFDs)
-            for fd in replyFDs { close(fd) }  // the receiver has its own references now
-        }
+        for device in devices.values { device.closeAll() }
+        releasePins(of: connection)
+        client.close()
+        connectionClosed.withLock { $0 }?()
     }
 
     /// The ledger `connection` records its pins of `domain` in, made on first use.
@@ -149,12 +157,10 @@ public final class SimServer: @unchecked Sendable {
         }
     }
 
-    private func handle(_ r: [UInt32], _ fds: [Int32], _ connection: UInt64, _ devices: inout [UInt32: SimEventChannelDevice],
-                        _ nextDevice: inout UInt32) -> ([UInt32], [Int32]) {
-        func failure(_ e: Int32) -> ([UInt32], [Int32]) {
-            for fd in fds { close(fd) }
-            return ([UInt32(bitPattern: -e)], [])
-        }
+    /// The request's fds are the caller's: `handle` takes those it keeps.
+    private func handle(_ r: [UInt32], _ fds: inout OwnedDescriptors, _ connection: UInt64, _ devices: inout [UInt32: SimEventChannelDevice],
+                        _ nextDevice: inout UInt32) -> SimMessage {
+        func failure(_ e: Int32) -> SimMessage { SimMessage([UInt32(bitPattern: -e)]) }
         guard let op = SimOp(rawValue: r[0]) else { return failure(EINVAL) }
         let domain = DomainID(UInt16(truncatingIfNeeded: r[1]))
         switch op {
@@ -171,11 +177,15 @@ public final class SimServer: @unchecked Sendable {
             let pins: SharedPages
             do { pins = try ledger(for: connection, of: d) } catch { return failure(ENOMEM) }
             // Dups, closed after sending: the receiver gets its own references.
-            return ([0, UInt32(d.pageCount), d.grantEntryCount], [dup(d.memory.fd), dup(d.grantTable.fd), dup(pins.fd)])
+            var dups = OwnedDescriptors()
+            do throws(Errno) {
+                for fd in [d.memory.fd, d.grantTable.fd, pins.fd] { dups.append(try OwnedDescriptor(duplicating: fd)) }
+            } catch { return failure(error.code) }
+            return SimMessage([0, UInt32(d.pageCount), d.grantEntryCount], fds: dups)
         case .destroyDomain:
             guard hypervisor.domain(domain) != nil else { return failure(ENOENT) }
             hypervisor.destroyDomain(domain)
-            return ([0], [])
+            return SimMessage([0])
         case .xenstoreConnect:
             var pair: [Int32] = [-1, -1]
             guard CXenShims_stream_socketpair(&pair) == 0 else { return failure(errno) }
@@ -186,35 +196,35 @@ public final class SimServer: @unchecked Sendable {
             }
             // The adoption registers the connection before the client talks;
             // requests sent meanwhile wait in the socket.
-            return ([0], [pair[1]])
+            return SimMessage([0], fds: OwnedDescriptors(adopting: [pair[1]]))
         case .eventsOpen:
             guard fds.count == 1 else { return failure(EINVAL) }
             let id = nextDevice
             nextDevice += 1
-            devices[id] = SimEventChannelDevice(hypervisor: hypervisor, domain: domain, eventFD: fds[0])
-            return ([0, id], [])
+            devices[id] = SimEventChannelDevice(hypervisor: hypervisor, domain: domain, eventFD: fds.removeFirst())
+            return SimMessage([0, id])
         default:
             guard let device = devices[r[1]] else { return failure(EBADF) }
             do throws(EventChannelError) {
                 switch op {
                 case .allocUnbound:
-                    return ([0, device.allocateUnbound(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2]))).rawValue], [])
+                    return SimMessage([0, device.allocateUnbound(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2]))).rawValue])
                 case .bind:
                     let port = try device.bindInterdomain(remoteDomain: DomainID(UInt16(truncatingIfNeeded: r[2])), remotePort: EventChannelPort(r[3]))
-                    return ([0, port.rawValue], [])
-                case .notify: try device.notify(EventChannelPort(r[2])); return ([0], [])
-                case .unmask: try device.unmask(EventChannelPort(r[2])); return ([0], [])
-                case .unbind: try device.unbind(EventChannelPort(r[2])); return ([0], [])
+                    return SimMessage([0, port.rawValue])
+                case .notify: try device.notify(EventChannelPort(r[2])); return SimMessage([0])
+                case .unmask: try device.unmask(EventChannelPort(r[2])); return SimMessage([0])
+                case .unbind: try device.unbind(EventChannelPort(r[2])); return SimMessage([0])
                 case .pending:
                     let limit = Int(min(r[2], UInt32(SimWire.maximumWords - 2)))
                     var ports = [EventChannelPort](repeating: EventChannelPort(0), count: limit)
                     // SAFETY: `ports` is a local array, borrowed for the call only.
                     let n = try ports.withUnsafeMutableBufferPointer { (b) throws(EventChannelError) -> Int in try device.takePending(into: b) }
-                    return ([0, UInt32(n)] + ports.prefix(n).map(\.rawValue), [])
+                    return SimMessage([0, UInt32(n)] + ports.prefix(n).map(\.rawValue))
                 case .eventsClose:
                     device.closeAll()
                     devices[r[1]] = nil
-                    return ([0], [])
+                    return SimMessage([0])
                 default:
                     return failure(EINVAL)
                 }

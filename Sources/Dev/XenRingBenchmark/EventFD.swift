@@ -8,15 +8,12 @@ import Glibc
 /// An eventfd standing in for an event channel: `notify` is
 /// EVTCHNOP_send, `wait` is sleeping until the port is pending.
 public struct EventFD: ~Copyable {
-    public let fd: Int32
+    private let descriptor: OwnedDescriptor
+    public var fd: Int32 { descriptor.raw }
 
     public init() throws(PeerError) {
-        let fd = eventfd(0, Int32(EFD_CLOEXEC))
-        guard fd >= 0 else { throw .system("eventfd", errno) }
-        self.fd = fd
+        do { descriptor = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC)) } catch { throw .system("eventfd", error.code) }
     }
-
-    deinit { close(fd) }
 }
 
 /// Why a peer run stopped early.
