@@ -319,8 +319,12 @@ public final class NetBackendDevice<Platform: XenPlatform>: Sendable {
         var split = false
         // With a control ring the guest may set a hash mapping table: frames go
         // to the queue it names, whichever TAP queue the kernel read them from.
-        let steering = queues > 1 && control != nil
-            ? ReceiveSteering(queueCount: queues, frameBytes: NetQueueWorker<Platform>.packetStride) : nil
+        var steering: ReceiveSteering?
+        if queues > 1 && control != nil {
+            do { steering = try ReceiveSteering(queueCount: queues, frameBytes: NetQueueWorker<Platform>.packetStride) } catch {
+                throw NetDeviceError.backend(.fatal("cannot set up receive steering: \(error)"))
+            }
+        }
         for q in 0..<queues {
             let prefix = queues == 1 ? "" : "queue-\(q)/"
             let tx = try await keys.requiredFrontendNumber(prefix + "tx-ring-ref", "the frontend grants its transmit ring here")

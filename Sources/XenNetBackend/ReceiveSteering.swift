@@ -37,20 +37,20 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
         let entries: UnsafeMutableBufferPointer<ReceiveEntry>
         let state = Mutex<(head: Int, count: Int)>((0, 0))
         /// Readable while frames may be waiting; the owner reads it to clear.
-        let wake: Int32
+        let wakeDescriptor: OwnedDescriptor
+        var wake: Int32 { wakeDescriptor.raw }
 
-        init(stride: Int) {
+        init(stride: Int) throws(Errno) {
             self.stride = stride
             memory = reservePacketMemory(Self.capacity * stride)
             frames = memory.base
             entries = .allocate(capacity: Self.capacity)
             entries.initialize(repeating: ReceiveEntry())
-            wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+            wakeDescriptor = try OwnedDescriptor(eventfd: Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         }
 
         deinit {
             entries.deallocate()
-            close(wake)
         }
 
         /// Copies the frame in; false if the inbox is full.
@@ -94,8 +94,10 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
     let inboxes: [Inbox]
 
     /// One inbox per queue; `frameBytes` is the largest frame.
-    public init(queueCount: Int, frameBytes: Int) {
+    public init(queueCount: Int, frameBytes: Int) throws(Errno) {
         let stride = (frameBytes + 4095) & ~4095
-        inboxes = (0..<queueCount).map { _ in Inbox(stride: stride) }
+        var inboxes: [Inbox] = []
+        for _ in 0..<queueCount { inboxes.append(try Inbox(stride: stride)) }
+        self.inboxes = inboxes
     }
 }
