@@ -112,7 +112,7 @@ let package = Package(
 
         // 7: the daemon's logic (device discovery, lifecycle), testable in-process.
         .target(name: "XenBackendDaemon", dependencies: [
-            "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenBus", "XenStore", "XenStoreProtocol", "XenDisk", "XenNetDevice",
+            "XenBlockBackend", "XenNetBackend", "XenPlatform", "XenBus", "XenBusDriver", "XenStore", "XenStoreProtocol", "XenDisk", "XenNetDevice",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),

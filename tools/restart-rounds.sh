@@ -2,7 +2,9 @@
 # xenbackd killed (SIGKILL) at random moments under a guest whose frontend
 # behaves like Linux's blkfront: it never sets up new rings on its own, so a
 # restarted daemon must take over the old ones from its ring records.
-# usage: tools/restart-rounds.sh [ROUNDS] (default 20); BUILD=debug|release (default debug).
+# usage: tools/restart-rounds.sh [ROUNDS [KILL|TERM]] (default 20 KILL); BUILD=debug|release
+# (default debug). With TERM the daemon is stopped as systemd stops it and must
+# leave the device Connected (exit 0) for the next one.
 # The sim, xenbackd and the guest (`xenback front blk --soak --never-reconnect`)
 # run as processes. Each round waits a random 0-2.9 s of the guest's I/O, kills
 # the daemon and starts a new one, then waits for the guest's next progress
@@ -12,6 +14,8 @@
 # mismatch and never set up new rings.
 set -euo pipefail
 rounds=${1:-20}
+signal=${2:-KILL}
+case $signal in KILL|TERM) ;; *) echo "signal must be KILL or TERM, got $signal" >&2; exit 2 ;; esac
 top=$(cd "$(dirname "$0")/.." && pwd)
 B=$top/.build/${BUILD:-debug}
 D=$(mktemp -d)
@@ -32,7 +36,9 @@ waitfor $D/guest.out '^progress' 60
 pauses=()
 for r in $(seq 1 $rounds); do
   sleep "$(( RANDOM % 24 / 10 )).$(( RANDOM % 10 ))"   # the random moment: 0.0-2.9 s into the guest's I/O
-  kill -9 $DAEMON; wait $DAEMON 2>/dev/null || true
+  kill -$signal $DAEMON
+  if wait $DAEMON; then rc=0; else rc=$?; fi
+  if [ $signal = TERM ] && [ $rc != 0 ]; then echo "round $r: SIGTERM ended xenbackd with exit $rc"; tail -5 $D/d.log; exit 1; fi
   before=$(grep -c '^progress' $D/guest.out || true)
   start_daemon
   n=600; while [ "$(grep -c '^progress' $D/guest.out || true)" -le "$before" ]; do
@@ -58,5 +64,5 @@ pmax=$(echo "$sorted" | tail -1)
 resumed=$(grep -c 'resumed the connection' $D/d.log || true)
 ok=false
 [ "$guest_rc" = 0 ] && [ "${errors:-1}" = 0 ] && [ "${mismatches:-1}" = 0 ] && [ "${restarts:-1}" = 0 ] && echo "$verdict" | grep -q "verified: ok" && ok=true
-echo "{\"soak\":\"restart\",\"signal\":\"KILL\",\"rounds\":$rounds,\"resumed\":$resumed,\"io_errors\":${errors:-null},\"mismatches\":${mismatches:-null},\"frontend_restarts\":${restarts:-null},\"pause_ms_p50\":${p50:-null},\"pause_ms_max\":${pmax:-null},\"guest_exit\":$guest_rc,\"ok\":$ok}"
+echo "{\"soak\":\"restart\",\"signal\":\"$signal\",\"rounds\":$rounds,\"resumed\":$resumed,\"io_errors\":${errors:-null},\"mismatches\":${mismatches:-null},\"frontend_restarts\":${restarts:-null},\"pause_ms_p50\":${p50:-null},\"pause_ms_max\":${pmax:-null},\"guest_exit\":$guest_rc,\"ok\":$ok}"
 $ok

@@ -2,6 +2,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import XenBlockBackend
+import XenBusDriver
 import XenNetBackend
 import XenPlatform
 import XenStore
@@ -49,6 +50,10 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     let onMetricsUpdated: (@Sendable () -> Void)?
     /// Runs once the daemon watches its tree (xenbackd prints "ready" there).
     public var onReady: (@Sendable () -> Void)?
+
+    /// Whether stopping leaves block devices Connected for the next daemon
+    /// (the default) or closes every device.
+    public let stopPolicy = DeviceStopPolicy()
 
     public init(platform: Platform, xenstore: XenStoreClient, block: BlockBackendConfiguration = BlockBackendConfiguration(),
                 net: NetBackendConfiguration = NetBackendConfiguration(),
@@ -239,7 +244,7 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
             run = { try await nic.run() }
         } else {
             let disk = BlockBackendDevice(platform: platform, xenstore: xenstore, backendPath: path,
-                                          configuration: block.withLock { $0 }, logger: deviceLogger)
+                                          configuration: block.withLock { $0 }, stopPolicy: stopPolicy, logger: deviceLogger)
             device = .block(disk)
             metrics = BlockDeviceMetrics(domid: domid, devid: devid)
             run = { try await disk.run() }

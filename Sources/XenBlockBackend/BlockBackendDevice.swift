@@ -133,8 +133,13 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     public let limiter = BlockIOLimiter()
     private let negotiated = Mutex<BlockNegotiation?>(nil)
 
+    /// Whether stopping leaves this device Connected for the next backend.
+    let stopPolicy: DeviceStopPolicy
+
     public init(platform: Platform, xenstore: XenStoreClient, backendPath: String,
-                configuration: BlockBackendConfiguration = BlockBackendConfiguration(), logger: Logger) {
+                configuration: BlockBackendConfiguration = BlockBackendConfiguration(),
+                stopPolicy: DeviceStopPolicy = DeviceStopPolicy(), logger: Logger) {
+        self.stopPolicy = stopPolicy
         self.platform = platform
         self.xenstore = xenstore
         self.backendPath = backendPath
@@ -177,13 +182,17 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
         }
         let loop = XenbusDeviceLoop(xenstore: xenstore, backendPath: backendPath, frontendPath: setup.keys.frontendPath, logger: logger)
         let resume: (@Sendable () async throws -> Void)?
+        let suspend: (@Sendable () async -> Bool)?
         if configuration.stateDirectory != nil {
             resume = { try await self.connect(setup, resuming: true) }
+            suspend = { await self.suspend() }
         } else {
             resume = nil
+            suspend = nil
         }
         do {
-            try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() }, resume: resume)
+            try await loop.run(connect: { try await self.connect(setup) }, disconnect: { await self.disconnect() },
+                               resume: resume, suspend: suspend)
         } catch {
             await limits.stop()
             throw error
@@ -410,6 +419,18 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
 
     /// Stops the workers (each answers what it has in flight), unmaps the
     /// rings and unbinds the channels. Safe to repeat.
+    /// The daemon is stopping: drains every ring (all it took is answered,
+    /// so the records owe nothing) and leaves the device Connected, its
+    /// records in place, for the next backend to take over. False (nothing
+    /// done) when the policy says stopping closes devices.
+    private func suspend() async -> Bool {
+        guard !stopPolicy.closesDevices else { return false }
+        guard await rings.stop() else { return false }
+        records.withLock { $0 = [] }
+        negotiated.withLock { $0 = nil }
+        return true
+    }
+
     func disconnect() async {
         guard await rings.stop() else { return }
         // Every ring drained and answered: nothing is owed, nothing to resume.

@@ -31,8 +31,13 @@ public struct XenbusDeviceLoop: Sendable {
     /// rings again and does what the old backend owed) instead of waiting for
     /// the frontend to start over, which Linux's frontends never do on their
     /// own. If `resume` throws, the device waits for the frontend as before.
+    ///
+    /// When the task is cancelled (the daemon stops), a Connected device
+    /// whose `suspend` returns true is left Connected for the next backend
+    /// to take over; `suspend` drains its rings and keeps what resuming
+    /// needs. Every other device is closed.
     public func run(connect: @escaping @Sendable () async throws -> Void, disconnect: @escaping @Sendable () async -> Void,
-                    resume: (@Sendable () async throws -> Void)? = nil) async throws {
+                    resume: (@Sendable () async throws -> Void)? = nil, suspend: (@Sendable () async -> Bool)? = nil) async throws {
         var machine = BackendStateMachine()
         // A backend state of Connected left in xenstore means a previous
         // backend served this device and died without closing it. Its rings
@@ -80,6 +85,7 @@ public struct XenbusDeviceLoop: Sendable {
             try? await xenstore.unwatch(backendPath + "/online", token: onlineWatch.token)
         }
         var lastOnline: Bool?
+        var cancelled = false
         do {
             for await _ in events {
                 try Task.checkCancellation()
@@ -102,22 +108,42 @@ public struct XenbusDeviceLoop: Sendable {
                 }
                 if machine.isRemoved { break }
             }
+            // The stream ends only when the task is cancelled.
+            cancelled = !machine.isRemoved
+        } catch is CancellationError {
+            cancelled = true
         } catch {
             await disconnect()
-            // Tell the frontend we are gone, unless the toolstack already
-            // removed the directory (writing would bring it back).
-            let stillThere = (try? await xenstore.readIfPresent(backendPath + "/frontend")) != nil
-            if machine.state != .closed && stillThere {
-                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closing.rawValue)")
-                try? await xenstore.write(backendPath + "/state", "\(XenbusState.closed.rawValue)")
+            await closeIfStillThere(machine)
+            await unwatch()
+            throw error
+        }
+        if cancelled {
+            // The daemon is stopping, not the toolstack detaching: a device
+            // that can be taken over by the next backend is left Connected
+            // (its rings drained, its records kept); any other is closed.
+            if machine.state == .connected, let suspend, await suspend() {
+                logger.info("left connected for the next backend")
+            } else {
+                await disconnect()
+                await closeIfStillThere(machine)
             }
             await unwatch()
-            if error is CancellationError { return }
-            throw error
+            return
         }
         await disconnect()
         await unwatch()
         logger.info("device removed")
+    }
+
+    /// Tells the frontend we are gone, unless the toolstack already removed
+    /// the directory (writing would bring it back).
+    private func closeIfStillThere(_ machine: BackendStateMachine) async {
+        let stillThere = (try? await xenstore.readIfPresent(backendPath + "/frontend")) != nil
+        if machine.state != .closed && stillThere {
+            try? await xenstore.write(backendPath + "/state", "\(XenbusState.closing.rawValue)")
+            try? await xenstore.write(backendPath + "/state", "\(XenbusState.closed.rawValue)")
+        }
     }
 
     private func perform(_ actions: [BackendAction], machine: inout BackendStateMachine,

@@ -238,6 +238,18 @@ struct XenbackdCommand: AsyncParsableCommand {
             }
         }
         defer { reload.cancel() }
+        // SIGUSR2: close every device, then stop (a host going down with
+        // guests still running); SIGTERM alone leaves block devices Connected
+        // for the next xenbackd.
+        let closeAll = await UnixSignalsSequence(trapping: .sigusr2)
+        let closer = Task {
+            for await _ in closeAll {
+                logger.notice("SIGUSR2: closing every device, then stopping")
+                daemon.stopPolicy.closeDevicesOnStop()
+                kill(getpid(), SIGTERM)
+            }
+        }
+        defer { closer.cancel() }
         // "ready" once the tree is watched, inside the group (signals trapped).
         daemon.onReady = {
             print(readyLine)

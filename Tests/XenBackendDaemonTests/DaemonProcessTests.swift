@@ -371,6 +371,33 @@ func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) 
     }
 }
 
+extension DaemonTakeOverTests {
+    /// SIGTERM (systemctl stop or restart, a package upgrade) leaves the
+    /// block device Connected with its records; the next daemon takes it
+    /// over. SIGUSR2 closes every device before stopping.
+    @Test func sigtermLeavesTheDiskConnectedAndSigusr2ClosesIt() async throws {
+        let host = try await SimProcesses()
+        let file = TempDisk(megabytes: 64)
+        let (guest, output) = try await host.soakingGuest(domain: 6, disk: file, xenstore: host.dom0, arguments: ["--never-reconnect"])
+        func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
+        let state = "/local/domain/0/backend/vbd/6/51712/state"
+        #expect(try await until("progress"))
+        #expect(host.stopDaemon() == 0, "SIGTERM: exit 0")
+        #expect(try await host.dom0.readIfPresent(state) == "4", "the device is still Connected")
+        try host.restartDaemon()
+        #expect(try await until("progress"), "taken over after a clean stop: \(output.lines.suffix(3))")
+        #expect(try await until("progress"))
+        host.daemon.signal(SIGUSR2)
+        #expect(host.daemon.wait() == 0, "SIGUSR2: every device closed, exit 0")
+        #expect(try await host.dom0.readIfPresent(state) == "6", "the device was closed")
+        guest.signal(SIGKILL)
+        _ = guest.wait()
+        let verdicts = output.lines.filter { $0.contains("recoveries=") }
+        #expect(verdicts.allSatisfy { $0.contains("recoveries=0") && $0.contains("errors=0") }, "\(verdicts)")
+        await host.shutdown()
+    }
+}
+
 /// Directory listing without Foundation.
 enum FileManagerless {
     static func list(_ path: String) throws -> [String] {
