@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -120,6 +123,7 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
     }
 
     public func run() async throws {
+        await removeOrphanedRecords()
         let metricsTask = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: metricsInterval)  // a period, not synchronisation
@@ -164,6 +168,28 @@ public final class BackendDaemon<Platform: XenPlatform>: Service, @unchecked Sen
         await unwatching.value
         await stopAll()
         logger.info("stopped")
+    }
+
+    /// Ring records of block devices the toolstack removed while no daemon
+    /// ran: nothing will resume them.
+    func removeOrphanedRecords() async {
+        guard let directory = block.withLock({ $0.stateDirectory }), let dir = opendir(directory) else { return }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            names.append(withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } })
+        }
+        closedir(dir)
+        for name in names where name.hasPrefix("vbd-") && name.hasSuffix(".ring") {
+            // vbd-<domid>-<devid>-q<N>.ring
+            let parts = name.dropFirst(4).dropLast(5).split(separator: "-")
+            guard parts.count == 3 else { continue }
+            let present: Bool
+            do { present = try await xenstore.readIfPresent("\(backendRoot)/\(parts[0])/\(parts[1])/frontend") != nil } catch { continue }
+            if !present {
+                unlink(directory + "/" + name)
+                logger.info("removed the ring record of a device that is gone", metadata: ["record": "\(name)"])
+            }
+        }
     }
 
     static func mayChangeDevices(_ path: String, root: String) -> Bool {

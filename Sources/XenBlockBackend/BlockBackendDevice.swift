@@ -425,6 +425,11 @@ public final class BlockBackendDevice<Platform: XenPlatform>: Sendable {
     /// done) when the policy says stopping closes devices.
     private func suspend() async -> Bool {
         guard !stopPolicy.closesDevices else { return false }
+        // A device the toolstack removed is not kept for anyone (if xenstored
+        // cannot say, keep what resuming needs).
+        do {
+            if try await xenstore.readIfPresent(backendPath + "/frontend") == nil { return false }
+        } catch {}
         guard await rings.stop() else { return false }
         records.withLock { $0 = [] }
         negotiated.withLock { $0 = nil }

@@ -398,6 +398,55 @@ extension DaemonTakeOverTests {
     }
 }
 
+extension DaemonTakeOverTests {
+    /// A record the new daemon cannot use (here: a future version) is not
+    /// trusted: that device falls back to waiting for its frontend, which
+    /// reconnects, and nothing acknowledged is lost.
+    @Test func aRecordThatCannotBeUsedFallsBackToReconnecting() async throws {
+        let host = try await SimProcesses()
+        let file = TempDisk(megabytes: 64)
+        let (guest, output) = try await host.soakingGuest(domain: 8, disk: file, xenstore: host.dom0)
+        func until(_ prefix: String) async throws -> Bool { try await offThePool { output.until(prefix) } }
+        #expect(try await until("progress"))
+        host.daemon.signal(SIGKILL)
+        #expect(host.daemon.wait() == 128 + SIGKILL)
+        let record = host.simSocket + ".state/vbd-8-51712-q0.ring"
+        let fd = open(record, O_RDWR)
+        #expect(fd >= 0, "the dead daemon left its record")
+        var version: UInt32 = 99
+        #expect(pwrite(fd, &version, 4, 4) == 4)
+        close(fd)
+        try host.restartDaemon()
+        #expect(try await until("reconnected"), "the guest reconnected instead: \(output.lines.suffix(3))")
+        #expect(output.lines.last?.contains(" 0 blocks lost") == true, "\(output.lines.last ?? "")")
+        guest.signal(SIGTERM)
+        #expect(try await until("verified:"))
+        #expect(guest.wait() == 0)
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+
+    /// A disk removed while no daemon ran leaves a record nobody will
+    /// resume: the next daemon deletes it before it says ready.
+    @Test func recordsOfDevicesRemovedMeanwhileAreDeleted() async throws {
+        let host = try await SimProcesses()
+        let file = TempDisk(megabytes: 64)
+        let (guest, output) = try await host.soakingGuest(domain: 9, disk: file, xenstore: host.dom0, arguments: ["--never-reconnect"])
+        #expect(try await offThePool { output.until("progress") })
+        host.daemon.signal(SIGKILL)
+        #expect(host.daemon.wait() == 128 + SIGKILL)
+        guest.signal(SIGKILL)
+        _ = guest.wait()
+        let record = host.simSocket + ".state/vbd-9-51712-q0.ring"
+        #expect(access(record, F_OK) == 0)
+        try await host.dom0.rm("/local/domain/0/backend/vbd/9/51712")
+        try host.restartDaemon()
+        #expect(access(record, F_OK) != 0, "the orphaned record is gone")
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+}
+
 /// Directory listing without Foundation.
 enum FileManagerless {
     static func list(_ path: String) throws -> [String] {
