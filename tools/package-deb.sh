@@ -174,15 +174,15 @@ awk '
   /^\.It Em help$/ { skipping = 1; removed_help = 1; next }
   skipping { if ($0 == ".El") skipping = 0; next }
   /^\.Sh "EXIT STATUS"$/ || /^\.Ex -std/ { next }
-  /^\.Os$/ { print ".Os xenback " version; next }
+  /^\.Os$/ { print ".Os xenback " base; next }
   { print }
   END { if (!synopsis_done || !removed_help) exit 1 }
-' version="$version" "$man/xenbackd.8" >"$man/xenbackd.8.new" || die "xenbackd.8 from generate-manual no longer looks as expected; update tools/package-deb.sh"
+' base="$base_version" "$man/xenbackd.8" >"$man/xenbackd.8.new" || die "xenbackd.8 from generate-manual no longer looks as expected; update tools/package-deb.sh"
 cat tools/package/xenbackd.8.tail >>"$man/xenbackd.8.new"
 mv "$man/xenbackd.8.new" "$man/xenbackd.8"
-{ sed "s/^\.Os\$/.Os xenback $version/" "$man/xenback.1"; echo; cat tools/package/xenback.1.tail; } >"$man/xenback.1.new"
+{ sed "s/^\.Os\$/.Os xenback $base_version/" "$man/xenback.1"; echo; cat tools/package/xenback.1.tail; } >"$man/xenback.1.new"
 mv "$man/xenback.1.new" "$man/xenback.1"
-sed -e "s/@VERSION@/$version/" -e "s/@DATE@/$day/" tools/package/xenbackd.json.5 >"$man/xenbackd.json.5"
+sed -e "s/@VERSION@/$base_version/" -e "s/@DATE@/$day/" tools/package/xenbackd.json.5 >"$man/xenbackd.json.5"
 for page in xenbackd.8 xenback.1 xenbackd.json.5; do
   warnings=$(groff -man -mdoc -ww -z -Tutf8 "$man/$page" 2>&1 || true)
   [ -z "$warnings" ] || say "groff warnings on $page: $warnings"
@@ -262,5 +262,5 @@ chmod 644 "$pkg/DEBIAN/md5sums" "$pkg/DEBIAN/control" "$pkg/DEBIAN/conffiles"
 deb=$out/xenback_${version}_${arch}.deb
 [ "$out" != "$work" ] || rm -f "$work"/xenback_*.deb  # the previous build's
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
-say "$(du -h "$deb" | cut -f1) $(basename "$deb"); Depends: $depends"
+say "$(du -h "$deb" | cut -f1) $(basename "$deb"); Depends: $(dpkg-deb -f "$deb" Depends)"
 echo "$deb"
