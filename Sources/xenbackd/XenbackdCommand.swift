@@ -34,7 +34,8 @@ struct XenbackdCommand: AsyncParsableCommand {
         goes Closing then Closed, exit 0. On real Xen (--platform host, or auto with /dev/xen \
         present) it uses /dev/xen/gntdev, /dev/xen/evtchn and xenstored; with --platform sim it \
         is a backend domain of a running `xenback sim serve`.
-        """)
+        """,
+        version: BuildVersion.text)
 
     @Option(help: "auto, host (real Xen) or sim (the software hypervisor).")
     var platform: PlatformKind = .auto
