@@ -143,6 +143,9 @@ public struct XenStoreMessage: Hashable, Sendable {
     /// The body split at NULs. A trailing NUL ends the last string; without
     /// one the last string is the unterminated rest (an XS_WRITE value).
     public var strings: [String] {
+        // A directory with no children is an empty payload: no strings at
+        // all (libxenstore counts NULs), not one empty one.
+        guard !payload.isEmpty else { return [] }
         var parts = payload.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         if payload.last == 0 { parts.removeLast() }
         return parts

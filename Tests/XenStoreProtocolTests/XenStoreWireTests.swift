@@ -82,6 +82,16 @@ import XenBus
         #expect(a.strings == ["/local/domain/0/name"])
     }
 
+    /// XS_DIRECTORY of a node without children answers an empty body: no
+    /// names (as libxenstore counts them), not one empty name that would
+    /// make a caller read `parent//key`.
+    @Test func anEmptyBodyHoldsNoStrings() {
+        let empty = XenStoreMessage(type: .directory, requestID: 1, transactionID: 0, payload: [])
+        #expect(empty.strings.isEmpty)
+        let one = XenStoreMessage(type: .directory, requestID: 1, transactionID: 0, payload: [0])
+        #expect(one.strings == [""], "a lone NUL is one empty string (an empty value)")
+    }
+
     @Test func oversizedBodyIsAnError() throws {
         var header: [UInt8] = []
         for v: UInt32 in [2, 1, 0, 4097] { withUnsafeBytes(of: v.littleEndian) { header += $0 } }
