@@ -122,7 +122,7 @@ let package = Package(
         // 8: executables.
         .executableTarget(name: "xenbackd", dependencies: [
             "XenBackendDaemon", "XenBlockBackend", "XenNetBackend", "XenHost", "XenSim", "XenStore", "XenPlatform", "XenProcess",
-            "XenDisk", "XenNetDevice",
+            "XenDisk", "XenNetDevice", "XenSystem",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
