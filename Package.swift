@@ -150,7 +150,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/Dev/XenBlockTestbed"),
         .target(name: "XenNetTestbed", dependencies: [
-            "XenNetBackend", "XenNetFrontend", "XenToolstack", "XenProcess", "XenSim", "XenStore", "XenPlatform", "XenNetDevice",
+            "XenNetBackend", "XenNetFrontend", "XenToolstack", "XenProcess", "XenSim", "XenStore", "XenPlatform", "XenNetDevice", "XenSystem",
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/Dev/XenNetTestbed"),
         // C's io/ring.h (from libxen-dev) as the reference peer and baseline.
