@@ -122,7 +122,7 @@ let package = Package(
         // 8: executables.
         .executableTarget(name: "xenbackd", dependencies: [
             "XenBackendDaemon", "XenBlockBackend", "XenNetBackend", "XenHost", "XenSim", "XenStore", "XenPlatform", "XenProcess",
-            "XenDisk", "XenNetDevice",
+            "XenDisk", "XenNetDevice", "XenSystem",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -150,7 +150,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/Dev/XenBlockTestbed"),
         .target(name: "XenNetTestbed", dependencies: [
-            "XenNetBackend", "XenNetFrontend", "XenToolstack", "XenProcess", "XenSim", "XenStore", "XenPlatform", "XenNetDevice",
+            "XenNetBackend", "XenNetFrontend", "XenToolstack", "XenProcess", "XenSim", "XenStore", "XenPlatform", "XenNetDevice", "XenSystem",
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/Dev/XenNetTestbed"),
         // C's io/ring.h (from libxen-dev) as the reference peer and baseline.

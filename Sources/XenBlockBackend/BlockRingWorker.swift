@@ -253,8 +253,9 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             if requestsInFlight == 0 { break }
             if submissionPending { submit() }
             if engine.completionDescriptor >= 0 {
-                var p = pollfd(fd: engine.completionDescriptor, events: Int16(POLLIN), revents: 0)
-                _ = poll(&p, 1, submissionPending ? 1 : -1)
+                // An interruption only sends us round the loop again.
+                _ = Syscall.poll(engine.completionDescriptor, timeoutMilliseconds: submissionPending ? 1 : -1,
+                                 retryingInterrupts: false)
             }
         }
     }

@@ -153,8 +153,7 @@ package final class BlockIOEngine {
         if completionDescriptor >= 0 {
             // Reset the counter before looking, so a completion after the
             // look makes the descriptor readable again.
-            var counter: UInt64 = 0
-            _ = read(completionDescriptor, &counter, 8)
+            Syscall.clearEventFD(completionDescriptor)
         }
         var total = 0
         if kind == .sync {

@@ -91,8 +91,9 @@ public final class FileBacking: @unchecked Sendable {
     package static func sysfsNumber(_ path: String) -> Int? {
         guard let file = try? OwnedDescriptor(opening: path, O_RDONLY | O_CLOEXEC) else { return nil }
         var buffer = [UInt8](repeating: 0, count: 64)
-        let n = Glibc.read(file.raw, &buffer, 63)
-        guard n > 0 else { return nil }
+        // SAFETY: a view of the local array for the read only (63 of its 64 bytes).
+        let result = buffer.withUnsafeMutableBytes { Syscall.read(file.raw, $0.baseAddress!, count: 63) }
+        guard case .success(let n) = result, n > 0 else { return nil }
         return Int(String(decoding: buffer[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
     }
 

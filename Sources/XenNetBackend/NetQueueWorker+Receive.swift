@@ -1,3 +1,4 @@
+import XenSystem
 import XenNetChecksum
 import XenNetProtocol
 import XenPlatform
@@ -36,13 +37,14 @@ extension NetQueueWorker {
         while rxRoom {
             let index = (rxHead + rxCount) % Self.receiveQueueCapacity
             let buffer = rxBuffer(index)
-            let n = read(tapDescriptor, buffer, Self.packetStride)
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN { tapGone = true }  // EBADFD, EIO: the interface is gone
+            let n: Int
+            switch Syscall.read(tapDescriptor, buffer, count: Self.packetStride) {  // EINTR is retried there
+            case .success(0): return
+            case .success(let count): n = count
+            case .failure(let failure):
+                if failure.code != EAGAIN { tapGone = true }  // EBADFD, EIO: the interface is gone
                 return
             }
-            if n == 0 { return }
             if stalled {
                 statistics.add(.rxDropped)
                 continue

@@ -1,3 +1,4 @@
+import XenSystem
 import XenNetProtocol
 import XenPlatform
 import XenRing
@@ -272,9 +273,8 @@ extension NetQueueWorker {
         header.write(to: buffer)
         capture?.write(buffer + VirtioNetHeader.size, length: packet.length)
         let total = VirtioNetHeader.size + packet.length
-        var written: Int
-        repeat { written = write(tapDescriptor, buffer, total) } while written < 0 && errno == EINTR
-        if written == total {
+        // EINTR is retried in the funnel; any other failure or a short write drops the frame.
+        if case .success(total) = Syscall.write(tapDescriptor, buffer, count: total) {
             statistics.add(.txPackets)
             statistics.add(.txBytes, UInt64(packet.length))
         } else {

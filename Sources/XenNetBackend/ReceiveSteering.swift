@@ -65,10 +65,7 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
                 s.count += 1
                 return true
             }
-            if queued {
-                var one: UInt64 = 1
-                _ = write(wake, &one, 8)
-            }
+            if queued { Syscall.signalEventFD(wake) }
             return queued
         }
 
@@ -86,8 +83,7 @@ public final class ReceiveSteering: @unchecked Sendable {  // each inbox's stora
         }
 
         func clearWake() {
-            var value: UInt64 = 0
-            _ = read(wake, &value, 8)
+            Syscall.clearEventFD(wake)
         }
     }
 

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import XenSystem
 import Glibc
 #endif
 
@@ -42,10 +43,8 @@ extension EventChannelDevice {
     /// Blocks until events are pending or `timeoutMilliseconds` pass (-1:
     /// forever); true if events are pending.
     public func wait(timeoutMilliseconds: Int32) -> Bool {
-        var p = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        var n: Int32
-        repeat { n = poll(&p, 1, timeoutMilliseconds) } while n < 0 && errno == EINTR
-        return n > 0
+        if case .success(let n) = Syscall.poll(fileDescriptor, timeoutMilliseconds: timeoutMilliseconds) { return n > 0 }
+        return false
     }
 }
 

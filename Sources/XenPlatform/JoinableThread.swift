@@ -184,8 +184,7 @@ public final class RingWorkerGroup: Sendable {
     /// Asks every worker to stop (they answer what they have in flight
     /// first); parked ones are woken for it.
     public func requestStop() {
-        var one: UInt64 = 1
-        _ = write(stopDescriptor, &one, 8)
+        Syscall.signalEventFD(stopDescriptor)
     }
 
     /// Stops the workers and waits until every body returned `.stopped`.

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import XenSystem
 import Glibc
 #endif
 
@@ -36,10 +37,14 @@ public struct WorkerPollSet {
     public mutating func wait(timeoutMilliseconds: Int32) -> Wake {
         for i in descriptors.indices { descriptors[i].revents = 0 }
         // SAFETY: our own array, lent to poll for the call.
-        let n = descriptors.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeoutMilliseconds) }
-        if n == 0 { return .timedOut }
-        if n < 0 { return .ready }  // EINTR; poll fails otherwise only on our own bad arguments
-        return descriptors[Self.stopSlot].revents != 0 ? .stop : .ready
+        let result = descriptors.withUnsafeMutableBufferPointer {
+            Syscall.poll($0, timeoutMilliseconds: timeoutMilliseconds, retryingInterrupts: false)
+        }
+        switch result {
+        case .success(0): return .timedOut
+        case .failure: return .ready  // EINTR (or ENOMEM): the caller looks again
+        case .success: return descriptors[Self.stopSlot].revents != 0 ? .stop : .ready
+        }
     }
 
     /// The event channel device has events pending (after `wait`).

@@ -92,8 +92,11 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Whether a line can be read now (or the output ended) within `milliseconds`.
     public func hasOutput(milliseconds: Int32) -> Bool {
-        var p = pollfd(fd: fileno(output), events: Int16(POLLIN), revents: 0)
-        return poll(&p, 1, milliseconds) > 0
+        // An interruption counts as nothing to read, as the caller asks again.
+        if case .success(let n) = Syscall.poll(fileno(output), timeoutMilliseconds: milliseconds, retryingInterrupts: false) {
+            return n > 0
+        }
+        return false
     }
 
     public func signal(_ s: Int32) { if exitStatus == nil { kill(pid, s) } }

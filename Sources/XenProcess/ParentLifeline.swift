@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import XenSystem
 import Glibc
 #endif
 
@@ -34,14 +35,13 @@ public enum ParentLifeline {
         let created = pthread_create(&thread, nil, { context in
             let fd = Int32(Int(bitPattern: context) - 1)
             var byte: UInt8 = 0
-            while true {
-                let n = read(fd, &byte, 1)
-                if n == 0 || (n < 0 && errno != EINTR) { break }   // the parent never writes: only EOF or an error ends this
-            }
+            // The parent never writes: only end of file or an error ends this
+            // (the funnel retries EINTR).
+            while case .success(let n) = Syscall.read(fd, &byte, count: 1), n > 0 {}
             kill(getpid(), SIGTERM)
             sleep(ParentLifeline.graceSeconds)
             _exit(70)
         }, UnsafeMutableRawPointer(bitPattern: Int(fd) + 1))
-        if created == 0 { pthread_detach(thread) } else { close(fd) }
+        if created == 0 { pthread_detach(thread) } else { Syscall.close(fd) }
     }
 }

@@ -112,10 +112,7 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
         // Outside the lock: the other side's takePending reads the eventfd
         // before it looks at the queue, so a late write at worst wakes it
         // once for nothing.
-        if signal {
-            var one: UInt64 = 1
-            _ = write(fileDescriptor, &one, 8)
-        }
+        if signal { Syscall.signalEventFD(fileDescriptor) }
     }
 
     public func unmask(_ port: EventChannelPort) throws(EventChannelError) {
@@ -148,8 +145,7 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
     public func takePending(into ports: UnsafeMutableBufferPointer<EventChannelPort>) throws(EventChannelError) -> Int {
         // Clear readability first, then take: a port queued after the read
         // writes the eventfd again, so nothing is missed (no syscall under the lock).
-        var count: UInt64 = 0
-        _ = read(fileDescriptor, &count, 8)  // nonblocking
+        Syscall.clearEventFD(fileDescriptor)  // nonblocking
         let (n, more) = queue.withLock { q -> (Int, Bool) in
             let n = min(ports.count, q.pending.count)
             // SAFETY: n <= ports.count; the caller's buffer, valid for the call.
@@ -157,10 +153,7 @@ public final class SimEventChannelDevice: EventChannelDevice, @unchecked Sendabl
             q.pending.removeFirst(n)
             return (n, !q.pending.isEmpty)
         }
-        if more {
-            var one: UInt64 = 1
-            _ = write(fileDescriptor, &one, 8)
-        }
+        if more { Syscall.signalEventFD(fileDescriptor) }
         return n
     }
 }

@@ -192,7 +192,11 @@ public final class SimServer: @unchecked Sendable {
             let ours = pair[0]
             let xs = xenstore
             Task {
-                do { try await xs.adopt(socket: ours, domain: UInt32(domain.rawValue)) } catch { close(ours) }
+                do { try await xs.adopt(socket: ours, domain: UInt32(domain.rawValue)) } catch {
+                    // swift-nio owns the socket once its channel exists and closes it itself
+                    // if setting the channel up fails, so this close may find it gone (EBADF).
+                    Glibc.close(ours)  // raw: maybe closed by swift-nio already
+                }
             }
             // The adoption registers the connection before the client talks;
             // requests sent meanwhile wait in the socket.

@@ -227,7 +227,7 @@ public final class XenStoreClient: Sendable {
     }
 
     public func readString(_ path: String, transaction: UInt32 = 0) async throws -> String {
-        String(decoding: try await read(path, transaction: transaction), as: UTF8.self)
+        String(decoding: try await self.read(path, transaction: transaction), as: UTF8.self)
     }
 
     /// The value, or nil if the node does not exist.
@@ -240,7 +240,7 @@ public final class XenStoreClient: Sendable {
     }
 
     public func write(_ path: String, _ value: String, transaction: UInt32 = 0) async throws {
-        try await write(path, Array(value.utf8), transaction: transaction)
+        try await self.write(path, Array(value.utf8), transaction: transaction)
     }
 
     public func mkdir(_ path: String, transaction: UInt32 = 0) async throws {

@@ -14,6 +14,8 @@ public enum SyscallRecord: Equatable, Sendable, CustomStringConvertible {
     case munmap(length: Int)
     case read(fd: Int32, count: Int)
     case write(fd: Int32, bytes: [UInt8])
+    /// The descriptors polled (their requested events in `argument`).
+    case poll(fds: [Int32], timeout: Int32)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum SyscallRecord: Equatable, Sendable, CustomStringConvertible {
         case .munmap(let l): "munmap(\(l))"
         case .read(let fd, let n): "read(\(fd), \(n))"
         case .write(let fd, let b): "write(\(fd), \(b))"
+        case .poll(let fds, let t): "poll(\(fds), \(t))"
         }
     }
 }
@@ -169,6 +172,55 @@ public enum Syscall {
         return retrying("write") { Glibc.write(fd, buffer, count) }
     }
 
+    /// poll(2) over the caller's descriptors. With `retryingInterrupts`
+    /// false an EINTR comes back as a failure, for callers that re-check
+    /// their state when a signal cuts the wait short; retried, the full
+    /// timeout starts again. In a mock the handler gets the pollfd array as
+    /// its argument (to set revents).
+    /// SAFETY: `descriptors` is the caller's, written only during the call.
+    public static func poll(_ descriptors: UnsafeMutableBufferPointer<pollfd>, timeoutMilliseconds: Int32,
+                            retryingInterrupts: Bool = true) -> Result<Int32, Errno> {
+        #if ENABLE_MOCKING
+        if let mock = SyscallMock.current {
+            let record = SyscallRecord.poll(fds: descriptors.map(\.fd), timeout: timeoutMilliseconds)
+            return mocked(mock, record, UnsafeMutableRawPointer(descriptors.baseAddress), retryingInterrupts: retryingInterrupts)
+                .map { Int32($0) }
+        }
+        #endif
+        let (base, count) = (descriptors.baseAddress, nfds_t(descriptors.count))
+        if retryingInterrupts { return retrying("poll") { Glibc.poll(base, count, timeoutMilliseconds) } }
+        let r = Glibc.poll(base, count, timeoutMilliseconds)
+        if r >= 0 { return .success(r) }
+        let e = errno
+        failOnOwnBug("poll", e)
+        return .failure(Errno(e))
+    }
+
+    /// poll(2) on one descriptor; the number of ready descriptors (0 or 1).
+    public static func poll(_ fd: Int32, events: Int16 = Int16(POLLIN), timeoutMilliseconds: Int32,
+                            retryingInterrupts: Bool = true) -> Result<Int32, Errno> {
+        var p = pollfd(fd: fd, events: events, revents: 0)
+        // SAFETY: a local, lent to poll for the call.
+        return withUnsafeMutablePointer(to: &p) {
+            poll(UnsafeMutableBufferPointer(start: $0, count: 1), timeoutMilliseconds: timeoutMilliseconds,
+                 retryingInterrupts: retryingInterrupts)
+        }
+    }
+
+    /// Adds one to an eventfd's counter, making it readable. Nothing to
+    /// report: a nonblocking eventfd at its maximum (EAGAIN) is readable anyway.
+    public static func signalEventFD(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = write(fd, &one, count: 8)
+    }
+
+    /// Resets a nonblocking eventfd's counter (EAGAIN: it was zero already),
+    /// so that it is readable again only after the next signal.
+    public static func clearEventFD(_ fd: Int32) {
+        var counter: UInt64 = 0
+        _ = read(fd, &counter, count: 8)
+    }
+
     static func retrying<T: BinaryInteger>(_ name: StaticString, _ call: () -> T) -> Result<T, Errno> {
         while true {
             let r = call()
@@ -186,12 +238,14 @@ public enum Syscall {
     }
 
     #if ENABLE_MOCKING
-    /// A mocked call, retried on EINTR like a real one.
-    private static func mocked(_ mock: SyscallMock, _ record: SyscallRecord, _ argument: UnsafeMutableRawPointer?) -> Result<Int, Errno> {
+    /// A mocked call, retried on EINTR like a real one (unless the caller
+    /// wants interruptions back).
+    private static func mocked(_ mock: SyscallMock, _ record: SyscallRecord, _ argument: UnsafeMutableRawPointer?,
+                               retryingInterrupts: Bool = true) -> Result<Int, Errno> {
         while true {
             switch mock.record(record, argument) {
             case .result(let r): return .success(r)
-            case .error(let e) where e == EINTR: continue
+            case .error(let e) where e == EINTR && retryingInterrupts: continue
             case .error(let e): return .failure(Errno(e))
             }
         }

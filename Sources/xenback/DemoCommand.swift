@@ -7,6 +7,7 @@ import XenProcess
 import XenSim
 import XenStore
 import XenStoreProtocol
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenBusClient
@@ -68,8 +69,10 @@ struct DemoCommand: AsyncParsableCommand {
             let config = dir + "/xenbackd.json"
             let json = "{\"net\": {\"namespace\": \"/var/run/netns/\(lab.hostNamespace)\"}}"
             let fd = open(config, O_CREAT | O_WRONLY | O_TRUNC, 0o644)
-            _ = json.withCString { write(fd, $0, strlen($0)) }
-            close(fd)
+            if fd >= 0 {
+                _ = json.withCString { Syscall.write(fd, $0, count: strlen($0)) }
+                Syscall.close(fd)
+            }
             daemonArguments += ["--config", config]
         }
         // 2. The daemon, as dom0's backend.
@@ -83,7 +86,7 @@ struct DemoCommand: AsyncParsableCommand {
         // 3. A guest with a 1 GiB disk.
         let fd = open(image, O_CREAT | O_RDWR | O_TRUNC, 0o644)
         guard fd >= 0, ftruncate(fd, 1 << 30) == 0 else { throw ValidationError("cannot create \(image)") }
-        close(fd)
+        Syscall.close(fd)
         let toolstack = try await SimToolstack.connect(simSocket: simSocket)
         let guest = try await toolstack.create(name: "demo", disks: [try SimToolstack.Disk(parsing: image)],
                                                nics: lab.map { [SimToolstack.NIC(bridge: $0.bridge)] } ?? [])
@@ -139,7 +142,9 @@ struct DemoCommand: AsyncParsableCommand {
             if DemoSignal.interrupted.load(ordering: .relaxed) { front.signal(SIGTERM); netfront?.signal(SIGTERM) }
             var fds = [pollfd(fd: diskOpen ? front.outputDescriptor : -1, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: nicOpen ? netfront!.outputDescriptor : -1, events: Int16(POLLIN), revents: 0)]
-            guard poll(&fds, 2, 250) > 0 else { continue }
+            // SAFETY: the local array, lent to poll for the call. EINTR (Ctrl-C) goes round again.
+            let ready = fds.withUnsafeMutableBufferPointer { Syscall.poll($0, timeoutMilliseconds: 250, retryingInterrupts: false) }
+            guard case .success(let n) = ready, n > 0 else { continue }
             if diskOpen && fds[0].revents != 0 {
                 guard let line = front.line() else { diskOpen = false; continue }
                 if line.hasPrefix("progress") {

@@ -7,6 +7,7 @@ import XenPlatform
 import XenRing
 import XenSim
 import XenStore
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenToolstack
@@ -268,7 +269,7 @@ enum SoakSignal {
             // Relaxed: the flag guards no data; the pipe write wakes sleepers.
             SoakSignal.stop.store(true, ordering: .relaxed)
             var byte: UInt8 = 1
-            _ = write(SoakSignal.writeFD, &byte, 1)  // async-signal-safe
+            _ = write(SoakSignal.writeFD, &byte, 1)  // raw: in a signal handler (async-signal-safe, no task-local mock)
         }
         signal(SIGTERM, handler)
         signal(SIGINT, handler)
@@ -277,14 +278,15 @@ enum SoakSignal {
     /// Sleeps (no polling loop) until SIGTERM/SIGINT or `seconds` pass.
     static func waitForTermination(seconds: Int) {
         install()
-        var p = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
         let deadline = ContinuousClock.now + .seconds(seconds)
         // Relaxed, as above.
         while !stop.load(ordering: .relaxed) {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { return }
             let ms = Int32(clamping: left.components.seconds * 1000 + 1)
-            if poll(&p, 1, ms) < 0 && errno != EINTR { return }
+            // EINTR: the handler ran; the loop looks at the flag.
+            if case .failure(let failure) = Syscall.poll(readFD, timeoutMilliseconds: ms, retryingInterrupts: false),
+               failure.code != EINTR { return }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CXenShims
 import XenProcess
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -77,9 +78,8 @@ struct GuestDestroyCommand: AsyncParsableCommand {
                 let pidfd = CXenShims_pidfd_open(pid)
                 kill(pid, SIGTERM)
                 if pidfd >= 0 {
-                    var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
-                    _ = poll(&p, 1, 30_000)
-                    close(pidfd)
+                    _ = Syscall.poll(pidfd, timeoutMilliseconds: 30_000, retryingInterrupts: false)
+                    Syscall.close(pidfd)
                 }
             }
         }

@@ -7,6 +7,7 @@ import XenNetProtocol
 import XenNetTestbed
 import XenPlatform
 import XenRingBenchmark
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenNetDevice
@@ -252,7 +253,7 @@ extension TapDevice {
             while true {
                 // The clock every 64 frames: cheap, and close enough to the deadline.
                 if n & 63 == 0 && monotonicNanoseconds() >= deadline { break }
-                if write(fd, b.baseAddress!, b.count) == b.count { written += 1 }
+                if case .success(b.count) = Syscall.write(fd, b.baseAddress!, count: b.count) { written += 1 }
                 n += 1
             }
         }
@@ -265,14 +266,14 @@ extension TapDevice {
         var buffer = [UInt8](repeating: 0, count: 70_000)
         var frames = 0, bytes = 0
         while monotonicNanoseconds() < deadline {
-            let n = read(fd, &buffer, buffer.count)
+            // SAFETY: a view of the local buffer for the read only.
+            let n = buffer.withUnsafeMutableBytes { (try? Syscall.read(fd, $0.baseAddress!, count: $0.count).get()) ?? -1 }
             if n > VirtioNetHeader.size {
                 frames += 1
                 bytes += n - VirtioNetHeader.size
                 continue
             }
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&p, 1, 10)
+            _ = Syscall.poll(fd, timeoutMilliseconds: 10, retryingInterrupts: false)
         }
         return (frames, bytes)
     }

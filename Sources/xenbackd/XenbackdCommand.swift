@@ -12,6 +12,7 @@ import XenPlatform
 import XenProcess
 import XenSim
 import XenStore
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenDisk
@@ -215,8 +216,11 @@ struct XenbackdCommand: AsyncParsableCommand {
         let fd = open(temporary, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return }
         // SAFETY: a view of the local array for the write only.
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
+        let written = bytes.withUnsafeBytes { b -> Int in
+            guard let base = b.baseAddress else { return 0 }
+            return (try? Syscall.write(fd, base, count: b.count).get()) ?? -1
+        }
+        Syscall.close(fd)
         if written == bytes.count { rename(temporary, path) } else { unlink(temporary) }
     }
 

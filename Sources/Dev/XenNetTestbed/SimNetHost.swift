@@ -5,6 +5,7 @@ import XenProcess
 import XenPlatform
 import XenSim
 import XenStore
+import XenSystem
 #if canImport(Glibc)
 import Glibc
 import XenToolstack
@@ -147,6 +148,8 @@ extension TapDevice {
         var bytes = [UInt8](repeating: 0, count: VirtioNetHeader.size) + frame
         // SAFETY: the local array, header size + frame bytes, for the closure only.
         bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-        return write(queueDescriptors[queue], bytes, bytes.count) == bytes.count
+        // SAFETY: a view of the local array for the write only.
+        let written = bytes.withUnsafeBytes { Syscall.write(queueDescriptors[queue], $0.baseAddress!, count: $0.count) }
+        return written == .success(bytes.count)
     }
 }

@@ -38,19 +38,27 @@ enum EventChannelSim {
     @usableFromInline
     static func kick(_ fd: Int32) throws(PeerError) {
         var one: UInt64 = 1
-        guard write(fd, &one, 8) == 8 else { throw .system("write(eventfd)", errno) }
+        switch Syscall.write(fd, &one, count: 8) {
+        case .success(8): return
+        case .success: throw .system("write(eventfd)", EIO)
+        case .failure(let failure): throw .system("write(eventfd)", failure.code)
+        }
     }
 
     /// Waits up to 10 s for a kick, then drains it.
     @usableFromInline
     static func wait(_ fd: Int32) throws(PeerError) {
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        var n: Int32
-        repeat { n = poll(&p, 1, 10_000) } while n < 0 && errno == EINTR
-        if n == 0 { throw .lostWakeup }
-        guard n > 0 else { throw .system("poll", errno) }
+        switch Syscall.poll(fd, timeoutMilliseconds: 10_000) {  // EINTR is retried there
+        case .success(0): throw .lostWakeup
+        case .success: break
+        case .failure(let failure): throw .system("poll", failure.code)
+        }
         var count: UInt64 = 0
-        guard read(fd, &count, 8) == 8 else { throw .system("read(eventfd)", errno) }
+        switch Syscall.read(fd, &count, count: 8) {
+        case .success(8): return
+        case .success: throw .system("read(eventfd)", EIO)
+        case .failure(let failure): throw .system("read(eventfd)", failure.code)
+        }
     }
 }
 
