@@ -272,7 +272,11 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         var wakeups = WorkerPollSet(eventChannel: events.fileDescriptor, stop: stopDescriptor, others: [engine.completionDescriptor])
         var holds = EventPortHolds(for: self)
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 16)
+        // This thread's system calls, added to the statistics each turn.
+        var syscallMark = Syscall.countOnThisThread + BlockIOEngine.syscallsOnThisThread
+        defer { countSyscalls(since: &syscallMark) }
         while true {
+            countSyscalls(since: &syscallMark)
             do { try processRing() } catch {
                 drain()
                 throw error
@@ -313,6 +317,12 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
 
     /// What wakes a parked worker: its event channel device.
     public var wakeDescriptors: [Int32] { [events.fileDescriptor] }
+
+    private func countSyscalls(since mark: inout UInt64) {
+        let now = Syscall.countOnThisThread + BlockIOEngine.syscallsOnThisThread
+        if now != mark { statistics.add(.syscalls, now &- mark) }
+        mark = now
+    }
 
     // MARK: Events (XSA-332)
 
@@ -431,7 +441,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     private func pushResponses() {
         // The ring's push decides, per io/ring.h, whether the frontend asked
         // to be told.
-        if ring.pushResponses() { try? events.notify(port) }
+        if ring.pushResponses() {
+            try? events.notify(port)
+            statistics.add(.notifications)
+        }
         // Published now: nothing is owed for these.
         if let record {
             for i in 0..<answeredCount { record.release(Int(answeredSlots[i])) }

@@ -27,6 +27,11 @@ public enum BlockCounter: Int, WorkerCounter {
     /// Times the disk's I/O limit (`limit-iops`, `limit-bytes-per-second`)
     /// held a request back.
     case limitWaits
+    /// System calls the ring's worker made (through the funnel and the I/O
+    /// engines): with the requests counted, the figure benchmarks compare.
+    case syscalls
+    /// Events sent to the frontend.
+    case notifications
 
     public var displayName: String {
         switch self {
@@ -43,6 +48,8 @@ public enum BlockCounter: Int, WorkerCounter {
         case .ringsHalted: "rings_halted"
         case .spuriousEvents: "spurious_events"
         case .limitWaits: "limit_waits"
+        case .syscalls: "syscalls"
+        case .notifications: "notifications"
         }
     }
 }

@@ -37,6 +37,10 @@ public enum BlockIOError: Error, Equatable, Sendable, CustomStringConvertible {
 /// Holds at most `depth` operations; owned by one thread. Dispatch is a
 /// switch over the kind, not an existential, so the data path stays direct.
 package final class BlockIOEngine {
+    /// System calls this thread made on the engines (io_submit,
+    /// io_getevents, io_uring_enter); the funnel counts the rest.
+    package static var syscallsOnThisThread: UInt64 { UInt64(CXenAIO_syscalls_on_this_thread()) }
+
     /// readv/writev: `buffer` is an iovec array, `length` its count.
     package enum Operation: Int32 { case read = 0, write = 1, fdatasync = 2, readv = 3, writev = 4 }
 
@@ -184,6 +188,7 @@ package final class BlockIOEngine {
     private static func performNow(_ operation: Operation, fd: Int32, buffer: UnsafeMutableRawPointer?, length: Int, offset: UInt64) -> Int64 {
         switch operation {
         case .fdatasync:
+            Syscall.countCallMadeElsewhere()
             return fdatasync(fd) == 0 ? 0 : -Int64(errno)
         case .readv, .writev:
             // One call: O_DIRECT on files and devices moves it all or fails;
@@ -193,6 +198,7 @@ package final class BlockIOEngine {
             let iov = UnsafePointer(buffer!.assumingMemoryBound(to: iovec.self))
             var n: Int
             repeat {
+                Syscall.countCallMadeElsewhere()
                 n = operation == .readv ? preadv(fd, iov, Int32(length), off_t(offset)) : pwritev(fd, iov, Int32(length), off_t(offset))
             } while n < 0 && errno == EINTR
             return n < 0 ? -Int64(errno) : Int64(n)
@@ -201,6 +207,7 @@ package final class BlockIOEngine {
             // buffer + done stays inside it.
             var done = 0
             while done < length {
+                Syscall.countCallMadeElsewhere()
                 let n = operation == .read
                     ? pread(fd, buffer! + done, length - done, off_t(offset) + off_t(done))
                     : pwrite(fd, buffer! + done, length - done, off_t(offset) + off_t(done))

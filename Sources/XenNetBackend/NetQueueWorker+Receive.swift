@@ -245,7 +245,10 @@ extension NetQueueWorker {
         }
         rxPendingCount = 0
         rxCopyCount = 0
-        if rxRing.pushResponses() { try? events.notify(rxPort) }
+        if rxRing.pushResponses() {
+            try? events.notify(rxPort)
+            statistics.add(.notifications)
+        }
     }
 
     /// Linux's rx stall and drain rules: a head packet waiting past the

@@ -109,7 +109,10 @@ extension NetQueueWorker {
         for i in 0..<packets { finishPacket(txPackets[i], buffer: txBuffers + i * Self.packetStride) }
         for i in 0..<txResponseCount { txRing.produceResponse(txResponses[i]) }
         txResponseCount = 0
-        if txRing.pushResponses() { try? events.notify(txPort) }
+        if txRing.pushResponses() {
+            try? events.notify(txPort)
+            statistics.add(.notifications)
+        }
         if let fatal { throw fatal }
     }
 

@@ -277,7 +277,11 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
         var wakeups = WorkerPollSet(eventChannel: events.fileDescriptor, stop: stopDescriptor, others: [tapDescriptor, inbox?.wake ?? -1])
         var holds = EventPortHolds(for: self)
         var pending = [EventChannelPort](repeating: EventChannelPort(0), count: 8)
+        // This thread's system calls, added to the statistics each turn.
+        var syscallMark = Syscall.countOnThisThread
+        defer { countSyscalls(since: &syscallMark) }
         while true {
+            countSyscalls(since: &syscallMark)
             let now = monotonicNanoseconds()
             try process(now: now)
             guard var timeout = prepareToSleep(now: now) else { continue }
@@ -312,6 +316,12 @@ public final class NetQueueWorker<Platform: XenPlatform>: EventPortServing, @unc
                 if spurious > 0 { statistics.add(.spuriousEvents, UInt64(spurious)) }
             }
         }
+    }
+
+    private func countSyscalls(since mark: inout UInt64) {
+        let now = Syscall.countOnThisThread
+        if now != mark { statistics.add(.syscalls, now &- mark) }
+        mark = now
     }
 
     // MARK: Events (XSA-332)

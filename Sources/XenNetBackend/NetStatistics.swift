@@ -24,6 +24,10 @@ public enum NetCounter: Int, WorkerCounter {
     /// Event-channel wakes that found nothing to do (XSA-332); from the
     /// second in a row the port is held masked for a while.
     case spuriousEvents
+    /// System calls the queue's worker made (through the funnel).
+    case syscalls
+    /// Events sent to the frontend (transmit and receive rings).
+    case notifications
 
     public var displayName: String {
         switch self {
@@ -38,6 +42,8 @@ public enum NetCounter: Int, WorkerCounter {
         case .rxErrors: "rx_errors"
         case .rxStalls: "rx_stalls"
         case .spuriousEvents: "spurious_events"
+        case .syscalls: "syscalls"
+        case .notifications: "notifications"
         }
     }
 }

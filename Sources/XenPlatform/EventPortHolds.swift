@@ -43,9 +43,9 @@ public struct EventPortHolds<Role: EventPortRole> {
     public mutating func unmaskExpired<Worker: EventPortServing, Events: EventChannelDevice>(
         now: Int, worker: Worker, events: Events) -> Int32? where Worker.Role == Role {
         var nearest: Int32?
-        for role in Role.allCases {
-            let i = role.rawValue
-            if throttles[i].holdExpired(now: now), let port = worker.port(of: role) { try? events.unmask(port) }
+        // By index, not Role.allCases: that builds an array on every call.
+        for i in throttles.indices {
+            if throttles[i].holdExpired(now: now), let role = Role(rawValue: i), let port = worker.port(of: role) { try? events.unmask(port) }
             if let hold = throttles[i].millisecondsUntilUnmask(now: now) { nearest = min(nearest ?? hold, hold) }
         }
         return nearest

@@ -84,6 +84,7 @@ public enum Syscall {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.close(fd: fd), nil); return }
         #endif
+        CXenShims_count_syscall()
         if Glibc.close(fd) != 0 { failOnOwnBug("close", errno) }
     }
 
@@ -131,11 +132,13 @@ public enum Syscall {
                 // then owns exactly as it would the real mapping (MAP_FIXED
                 // only over its own reservation).
                 let fixed = address != nil ? flags & MAP_FIXED : 0
+                CXenShims_count_syscall()
                 let p = Glibc.mmap(address, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed, -1, 0)
                 return p == MAP_FAILED || p == nil ? .failure(Errno(errno)) : .success(p!)
             }
         }
         #endif
+        CXenShims_count_syscall()
         let p = Glibc.mmap(address, length, protection, flags, fd, off_t(offset))
         guard let p, p != MAP_FAILED else {
             let e = errno
@@ -151,6 +154,7 @@ public enum Syscall {
         #if ENABLE_MOCKING
         if let mock = SyscallMock.current { _ = mock.record(.munmap(length: length), address) }
         #endif
+        CXenShims_count_syscall()
         if Glibc.munmap(address, length) != 0 { failOnOwnBug("munmap", errno) }
     }
 
@@ -189,6 +193,7 @@ public enum Syscall {
         #endif
         let (base, count) = (descriptors.baseAddress, nfds_t(descriptors.count))
         if retryingInterrupts { return retrying("poll") { Glibc.poll(base, count, timeoutMilliseconds) } }
+        CXenShims_count_syscall()
         let r = Glibc.poll(base, count, timeoutMilliseconds)
         if r >= 0 { return .success(r) }
         let e = errno
@@ -223,6 +228,7 @@ public enum Syscall {
 
     static func retrying<T: BinaryInteger>(_ name: StaticString, _ call: () -> T) -> Result<T, Errno> {
         while true {
+            CXenShims_count_syscall()
             let r = call()
             if r >= 0 { return .success(r) }
             let e = errno
@@ -231,6 +237,15 @@ public enum Syscall {
             return .failure(Errno(e))
         }
     }
+
+    /// System calls this thread made through the funnel so far (each EINTR
+    /// retry counts). A worker adds its own to its statistics, which is how
+    /// the benchmarks report system calls per request.
+    public static var countOnThisThread: UInt64 { UInt64(CXenShims_syscalls_on_this_thread()) }
+
+    /// Counts a system call made outside the funnel (the synchronous disk
+    /// engine's pread/pwrite, which have no wrapper here).
+    @inlinable public static func countCallMadeElsewhere() { CXenShims_count_syscall() }
 
     /// EFAULT and EBADF: our pointer or descriptor was wrong.
     static func failOnOwnBug(_ name: StaticString, _ e: Int32) {

@@ -158,7 +158,12 @@ struct NetBenchCommand: AsyncParsableCommand {
                 report(round, raw.last!, ours.last!)
             }
         }
-        print("backend: \(device.statistics)")
+        let backend = device.statistics
+        print("backend: \(backend)")
+        // Counted, not timed: the queue thread's system calls and events per packet.
+        let packets = Double(max(1, backend[.txPackets] + backend[.rxPackets]))
+        let syscallsPerPacket = Double(backend[.syscalls]) / packets
+        let notificationsPerPacket = Double(backend[.notifications]) / packets
         expect(device.statistics[.txErrors] == 0 && device.statistics[.rxErrors] == 0, "errors: \(device.statistics)")
         _ = try? await front.close()
         try? await nic.setOffline(xenstore: host.backendStore)
@@ -169,9 +174,9 @@ struct NetBenchCommand: AsyncParsableCommand {
         let rawGbps = median(raw.map(\.gbps)), ourGbps = median(ours.map(\.gbps))
         let ratio = median(zip(ours, raw).map { gso ? $0.gbps / $1.gbps : $0.pps / $1.pps })
         let allocs = allocations.map { fmt(Double($0) / Double(max(countedPackets, 1)), 6) } ?? "null"
-        print("median: raw \(fmt(rawPPS, 0)) pps \(fmt(rawGbps, 3)) Gb/s; ours \(fmt(ourPPS, 0)) pps \(fmt(ourGbps, 3)) Gb/s; ratio \(fmt(ratio, 3)); allocations/packet \(allocs)")
+        print("median: raw \(fmt(rawPPS, 0)) pps \(fmt(rawGbps, 3)) Gb/s; ours \(fmt(ourPPS, 0)) pps \(fmt(ourGbps, 3)) Gb/s; ratio \(fmt(ratio, 3)); allocations/packet \(allocs); backend system calls/packet \(fmt(syscallsPerPacket, 3)), notifications/packet \(fmt(notificationsPerPacket, 3))")
         let frameJSON = gso ? "\"gso\"" : frame
-        print("{\"bench\":\"net\",\"direction\":\"\(direction)\",\"frame\":\(frameJSON),\"seconds\":\(seconds),\"rounds\":\(rounds),\"backend_pps\":\(fmt(ourPPS, 0)),\"raw_pps\":\(fmt(rawPPS, 0)),\"ratio\":\(fmt(ratio, 3)),\"backend_gbps\":\(fmt(ourGbps, 3)),\"raw_gbps\":\(fmt(rawGbps, 3)),\"allocs_per_packet\":\(allocs)}")
+        print("{\"bench\":\"net\",\"direction\":\"\(direction)\",\"frame\":\(frameJSON),\"seconds\":\(seconds),\"rounds\":\(rounds),\"backend_pps\":\(fmt(ourPPS, 0)),\"raw_pps\":\(fmt(rawPPS, 0)),\"ratio\":\(fmt(ratio, 3)),\"backend_gbps\":\(fmt(ourGbps, 3)),\"raw_gbps\":\(fmt(rawGbps, 3)),\"allocs_per_packet\":\(allocs),\"syscalls_per_packet\":\(fmt(syscallsPerPacket, 3)),\"notifications_per_packet\":\(fmt(notificationsPerPacket, 3))}")
     }
 
     private func report(_ round: Int, _ raw: (pps: Double, gbps: Double), _ ours: (pps: Double, gbps: Double)) {

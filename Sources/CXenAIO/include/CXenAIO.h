@@ -42,4 +42,7 @@ int CXenAIO_uring_submit(CXenAIO_uring *ctx);
 int CXenAIO_uring_ready(CXenAIO_uring *ctx);
 int CXenAIO_uring_reap(CXenAIO_uring *ctx, uint64_t *tags, int64_t *results, int max);
 
+/// io_submit, io_getevents and io_uring_enter calls made on this thread.
+unsigned long long CXenAIO_syscalls_on_this_thread(void);
+
 #endif

@@ -52,4 +52,8 @@ size_t CXenShims_heap_in_use(void);
 /// ioctl(2) is variadic, which Swift cannot call. Only XenSystem's funnel
 /// calls it (tools/check-layering.sh enforces that).
 int CXenShims_ioctl(int fd, unsigned long request, void *argument);
+
+/// One more system call on this thread; how many so far (thread-local).
+void CXenShims_count_syscall(void);
+unsigned long long CXenShims_syscalls_on_this_thread(void);
 #endif
