@@ -13,6 +13,9 @@ def expected(backend):
     if backend == "faults":
         return ["daemon-ready", "xl-create", "disk-present", "lvm-volume", "dm-before-fault", "fault-read-error",
                 "fault-write-error", "fault-recovered", "daemon-stopped"]
+    if backend == "restart":
+        return ["daemon-ready", "xl-create", "disk-present", "restart-kill-1", "restart-kill-2", "restart-kill-3",
+                "restart-term", "restart-fio", "restart-dmesg", "daemon-stopped"]
     names = ["xl-create", "disk-present", "fio-verify", "pattern-readback", "backing-readback"]
     net = backend != "qdisk"
     if net:
@@ -30,6 +33,7 @@ fio = {b: {} for b in backends}
 iperf = {b: {} for b in backends}
 notes = {b: [] for b in backends}
 cpu = {b: {} for b in backends}
+restarts = {b: {} for b in backends}
 phases = {}
 for line in lines:
     m = re.search(r"LAB-CHECK (\S+) (\S+) (ok|FAIL) ?(.*)", line)
@@ -49,6 +53,14 @@ for line in lines:
         cpu[m.group(1)][m.group(2)] = {"dom0_cpus": float(m.group(3)), "xenbackd_cpus": float(m.group(4))}
         if m.group(5):
             cpu[m.group(1)][m.group(2)].update(xenbackd_user=float(m.group(5)), xenbackd_system=float(m.group(6)))
+        continue
+    # restart: dom0's view of each stop (ms from the signal) and the guest's longest I/O latency.
+    m = re.search(r"LAB-RESTART (\S+) (kill-\d+|term|guest) (.*)", line)
+    if m and m.group(1) in restarts:
+        v = {}
+        for k, x in re.findall(r"(\w+)=(\S+)", m.group(3).split(" records=")[0]):
+            v[k] = int(x) if x.isdigit() else x
+        restarts[m.group(1)].setdefault(m.group(2), v)
         continue
     m = re.search(r"(LAB-(?:NEGOTIATED|INFO)) (\S+) (.*)", line)
     if m and m.group(2) in notes:
@@ -81,6 +93,13 @@ for b in backends:
             if "xenbackd_user" in c:
                 own += f" (user {c['xenbackd_user']:.2f}, system {c['xenbackd_system']:.2f})"
         return f"   dom0 {c['dom0_cpus']:.2f} CPUs busy{own}"
+    for name, v in restarts[b].items():
+        if name == "guest":
+            print(f"  restart {'guest':23} {v.get('runs', '?')} fio runs, {v.get('failed', '?')} failed; longest write "
+                  f"{v.get('write_lat_max_ms', '?')} ms, read {v.get('read_lat_max_ms', '?')} ms")
+        else:
+            print(f"  restart {name:23} SIG{v.get('signal', '?')} exit {v.get('exit', '?')}: stopped {v.get('stopped_ms', '?')} ms, "
+                  f"ready {v.get('ready_ms', '?')} ms, resumed {v.get('pause_ms', '?')} ms after the signal")
     for job, v in fio[b].items():
         print(f"  fio  {job:26} {v['iops']:7d} IOPS {v['mibps']:8.1f} MiB/s{load(job)}")
     for direction, v in iperf[b].items():
@@ -104,5 +123,6 @@ if ratios:
 print(f"\n{'PASSED' if not failed else 'FAILED: ' + ', '.join(failed)}")
 print(json.dumps({"lab": mode, "passed": not failed, "failed": failed,
                   "fio": fio, "iperf": iperf, "cpu": cpu, "ratios": ratios,
+                  "restart": {b: v for b, v in restarts.items() if v},
                   "dom0_ready_s": phases.get("dom0-ready"), "total_s": phases.get("dom0-done")}))
 sys.exit(1 if failed else 0)

@@ -4,8 +4,9 @@
 # joined with +): kernel (xen-blkback, xen-netback), qdisk (QEMU's userspace
 # disk backend; the NIC is left out), xenbackd (ours, with the kernel's
 # backend modules unloaded, serving backend/vbd and backend/vif as libxl lays
-# them out, hotplug scripts included). Every xl and xenstore call runs under
-# `timeout` (TCG occasionally wedges a dom0 process).
+# them out, hotplug scripts included), restart (xenbackd serving the disk is
+# killed and started again under the guest's I/O: the take-over). Every xl
+# and xenstore call runs under `timeout` (TCG occasionally wedges a dom0 process).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 t() { echo "LAB-T $(cut -d' ' -f1 /proc/uptime) $*"; }
 arg() { sed -n "s/.*$1=\([a-z0-9+]*\).*/\1/p" /proc/cmdline; }
@@ -31,10 +32,50 @@ start_daemon() {
   # The kernel's backends must not serve backend/vbd and backend/vif: unloaded.
   modprobe -r xen-netback xen-blkback 2>/dev/null
   if lsmod | grep -q -E '^xen_(blk|net)back'; then check kernel-backends-unloaded FAIL "$(lsmod | grep back)"; fi
-  xenbackd --platform host --log-level info --metrics-file /run/xenbackd.prom > /run/xenbackd.out 2> /run/xenbackd.log &
+  : > /run/xenbackd.log
+  if launch_daemon "$@"; then check daemon-ready ok "$(cat /run/xenbackd.out)"; else check daemon-ready FAIL "$(tail -3 /run/xenbackd.log)"; fi
+}
+launch_daemon() {  # extra flags; the log is appended to (restart keeps one log across daemons)
+  xenbackd --platform host --log-level info --metrics-file /run/xenbackd.prom "$@" > /run/xenbackd.out 2>> /run/xenbackd.log &
   daemon=$!
-  i=0; while ! grep -q '^ready' /run/xenbackd.out 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-  if grep -q '^ready' /run/xenbackd.out; then check daemon-ready ok "$(cat /run/xenbackd.out)"; else check daemon-ready FAIL "$(tail -3 /run/xenbackd.log)"; fi
+  i=0; while ! grep -q '^ready' /run/xenbackd.out 2>/dev/null && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+  grep -q '^ready' /run/xenbackd.out
+}
+now() { date +%s.%N; }
+ms() { echo "$1 $2" | awk '{printf "%d", ($2 - $1) * 1000}'; }
+# restart: xenbackd is stopped under the guest's I/O and started again with the same flags
+# and state directory; Linux's blkfront never reconnects by itself, so the new daemon must
+# take the rings over from their records. Before each stop the guest must have finished
+# one more fio run than at the last one (its I/O went on), then a random 2.0-6.9 s.
+restart_round() {  # kill-N (SIGKILL) or term (SIGTERM)
+  rname=$1; sig=KILL; [ $rname = term ] && sig=TERM
+  bpath=/local/domain/0/backend/vbd/$domid/51728; fpath=/local/domain/$domid/device/vbd/51728
+  n=0; while [ "$(grep -c 'LAB-T .* fio-run-end' $console 2>/dev/null)" -le "$runs_at_restart" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n+1)); done
+  runs_at_restart=$(grep -c 'LAB-T .* fio-run-end' $console 2>/dev/null)
+  sleep "$(shuf -i 20-69 -n1 | sed 's/\(.\)$/.\1/')"
+  records=$(ls /run/xenback 2>/dev/null | tr '\n' ' ')
+  states="before:$(xs $bpath/state)/$(xs $fpath/state)"
+  resumed0=$(grep -c 'resumed the connection' /run/xenbackd.log)
+  t "restart-$rname-stop"
+  t0=$(now); kill -$sig $daemon; wait $daemon; rc=$?; t1=$(now)
+  states="$states down:$(xs $bpath/state)/$(xs $fpath/state)"
+  echo "---- lab: xenbackd stopped by SIG$sig (exit $rc) $(ms $t0 $t1) ms after the signal; starting it again" >> /run/xenbackd.log
+  if launch_daemon --state-dir /run/xenback; then ready=yes; else ready=no; fi; t2=$(now)
+  n=0; while [ "$(grep -c 'resumed the connection' /run/xenbackd.log)" -le $resumed0 ] && [ $n -lt 1200 ]; do
+    sleep 0.05; n=$((n+1))
+    [ $((n % 20)) = 0 ] && states="$states waiting:$(xs $bpath/state)/$(xs $fpath/state)"
+  done; t3=$(now)
+  t "restart-$rname-resumed"
+  resumed=$(grep -c 'resumed the connection' /run/xenbackd.log); [ $resumed -gt $resumed0 ] && resumed=yes || resumed=no
+  states="$states after:$(xs $bpath/state)/$(xs $fpath/state)"
+  echo "LAB-RESTART $be $rname signal=$sig exit=$rc pause_ms=$(ms $t0 $t3) stopped_ms=$(ms $t0 $t1) ready_ms=$(ms $t0 $t2) resumed=$resumed records=[$records] states=[$states]"
+  bad_states=$(echo "$states" | tr ' ' '\n' | grep -v ':4/4$')
+  if [ $ready = yes ] && [ $resumed = yes ] && [ -z "$bad_states" ] && { [ $sig = KILL ] || [ $rc = 0 ]; }; then
+    check restart-$rname ok "SIG$sig (exit $rc), resumed $(ms $t0 $t3) ms after the signal, backend/frontend stayed Connected (4/4)"
+  else
+    check restart-$rname FAIL "SIG$sig exit $rc, ready $ready, resumed $resumed, states not 4/4: $(echo $bad_states)"
+    grep -E 'warning|error|critical' /run/xenbackd.log | tail -5 | cut -c1-300 | sed "s/^/LAB-INFO $be daemon: /"
+  fi
 }
 
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=512 status=none
@@ -54,6 +95,10 @@ for be in $(echo $BACKENDS | tr '+' ' '); do
     xenbackd)
       start_daemon
       loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'";;
+    restart)
+      # The same flags and state directory (the default, named) for every daemon.
+      rm -rf /run/xenback; start_daemon --state-dir /run/xenback; runs_at_restart=0
+      loop=$(losetup -f --show /tmp/disk.img); disk="'phy:$loop,xvdb,w'"; net=0;;
     faults)
       start_daemon
       # A device-mapper device over a loop (its table is switched to error and back
@@ -65,7 +110,7 @@ for be in $(echo $BACKENDS | tr '+' ' '); do
         check lvm-setup FAIL "$(tail -2 /tmp/lvm.log | tr '\n' ' ')"
       disk="'phy:/dev/mapper/labfault,xvdb,w', 'phy:/dev/labvg/disk,xvdc,w'"; net=0;;
   esac
-  guest_mode=$MODE; [ $be = faults ] && guest_mode=faults
+  guest_mode=$MODE; [ $be = faults ] && guest_mode=faults; [ $be = restart ] && guest_mode=restart
   vif=""; [ $net = 1 ] && vif="vif = [ 'mac=00:16:3e:00:00:02,bridge=br0' ]"
   cat > /tmp/$name.cfg <<C
 name = "$name"
@@ -89,8 +134,8 @@ C
   domid=$(timeout 10 xl domid $name 2>/dev/null)
   t "xl-create-$be-returned domid=$domid"
   console=/var/log/xen/console/guest-$name.log
-  pinged=0; detached=0; faulted=0; healed=0; flaked=0; unflaked=0; miss=0; i=0; shown=0; dshown=0
-  deadline=300; [ $MODE = full ] && deadline=1200
+  pinged=0; restarted=0; detached=0; faulted=0; healed=0; flaked=0; unflaked=0; miss=0; i=0; shown=0; dshown=0
+  deadline=300; [ $MODE = full ] && deadline=1200; [ $be = restart ] && deadline=900
   # Until the guest is gone (its xenstore name vanishes, 3 misses in a row), act on its
   # markers and relay its console and the daemon's log as they grow.
   while [ -n "$domid" ] && [ $i -lt $deadline ]; do
@@ -142,6 +187,14 @@ C
       unflaked=1; dmsetup suspend labfault && dmsetup load labfault --table "0 $fsectors linear $floop 0" && dmsetup resume labfault ||
         check dm-linear-after-flakey FAIL "dmsetup could not load the linear target again"
     fi
+    if [ $be = restart ] && [ $restarted = 0 ] && grep -q 'LAB-T .* restart-io-start' $console 2>/dev/null; then
+      restarted=1
+      for r in kill-1 kill-2 kill-3 term; do restart_round $r; done
+      # The guest stops after its current fio run once it finds this in the disk's last MiB
+      # (the loop device reads the file through the page cache this write goes to).
+      printf 'LABRESTART-DONE' | dd of=/tmp/disk.img bs=1M seek=$(( $(stat -c %s /tmp/disk.img) / 1048576 - 1 )) conv=notrunc status=none
+      t restart-done
+    fi
     if [ $detached = 0 ] && grep -q 'LAB-T .* wait-detach' $console 2>/dev/null; then
       detached=1
       timeout 60 xl block-detach $name xvdb || check xl-block-detach FAIL "rc $?"
@@ -170,7 +223,7 @@ C
     got=$(dd if=/tmp/disk.img bs=1M skip=$off count=$size status=none | md5sum | cut -d' ' -f1)
     if [ "$got" = "$want" ]; then check backing-readback ok "the guest's $size MiB read from dom0's backing file"; else check backing-readback FAIL "backing has $got, guest wrote $want"; fi
   fi
-  if [ $MODE = full ] && [ $be != faults ]; then
+  if [ $MODE = full ] && [ $be != faults ] && [ $be != restart ]; then
     # mkfs and fstrim discard; on a loop device over tmpfs that punches holes in the file.
     alloc=$(du -m /tmp/disk.img | cut -f1)
     if [ $alloc -lt 300 ]; then check discard-reaches-backing ok "$alloc MiB of 512 allocated after mkfs and fstrim"; else check discard-reaches-backing FAIL "$alloc MiB of 512 still allocated"; fi

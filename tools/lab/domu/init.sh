@@ -64,6 +64,51 @@ case "$marker" in LABREBOOT*)
   sync; poweroff -f;;
 esac
 
+if [ $MODE = restart ]; then
+  # dom0 kills xenbackd (SIGKILL) three times and stops it once (SIGTERM) under this I/O,
+  # starting it again each time; blkfront never reconnects by itself, so I/O goes on only
+  # if each new daemon takes the rings over. fio runs, each 16 MiB of random 16 KiB writes
+  # over the first 64 MiB and then all of it read back and verified (crc32c), go on until
+  # dom0 writes its done marker into the disk's last MiB. A run's longest write or read
+  # latency is the pause the guest saw.
+  last_mb=$(( $(cat /sys/block/xvdb/size) / 2048 - 1 ))
+  dmesg_lines=$(dmesg | wc -l)
+  runs=0; failed=0; wmax=0; rmax=0; start=$(cut -d. -f1 /proc/uptime); done_seen=no
+  t restart-io-start
+  while [ $(( $(cut -d. -f1 /proc/uptime) - start )) -lt 780 ]; do
+    runs=$((runs + 1))
+    fio --name=run$runs --filename=/dev/xvdb --ioengine=libaio --direct=1 --rw=randwrite --bs=16k --iodepth=16 \
+      --size=64m --io_size=16m --randseed=$runs --verify=crc32c --verify_fatal=1 --do_verify=1 --minimal >/tmp/fio.out 2>/tmp/fio.err
+    rc=$?; out=$(tail -1 /tmp/fio.out)
+    t fio-run-end run=$runs
+    # terse v3: 5 error, 6 KiB read, 39 read latency max (us), 47 KiB written, 80 write latency max (us)
+    line=$(echo "$out" | awk -F';' -v be=$BE -v run=$runs -v rc=$rc 'NF > 80 {printf "LAB-RESTART-FIO %s run=%d rc=%d error=%s written_kib=%d read_kib=%d write_lat_max_ms=%d read_lat_max_ms=%d", be, run, rc, $5, $47, $6, $80/1000, $39/1000; ok=1} END {if (!ok) printf "LAB-RESTART-FIO %s run=%d rc=%d no-result", be, run, rc}')
+    echo "$line"
+    if ! echo "$line" | grep -q -E ' rc=0 error=0 written_kib=16384 read_kib=(1638[4-9]|16[4-9][0-9]{2}|1[7-9][0-9]{3}|[2-9][0-9]{4}) '; then
+      failed=$((failed + 1)); cat /tmp/fio.err /tmp/fio.out | grep -v '^[0-9];' | head -5 | sed "s/^/LAB-INFO $BE fio: /"
+    fi
+    w=$(echo "$line" | sed -n 's/.*write_lat_max_ms=\([0-9]*\).*/\1/p'); r=$(echo "$line" | sed -n 's/.*read_lat_max_ms=\([0-9]*\).*/\1/p')
+    [ "${w:-0}" -gt $wmax ] && wmax=$w; [ "${r:-0}" -gt $rmax ] && rmax=$r
+    if [ "$(dd if=/dev/xvdb bs=1M skip=$last_mb count=1 iflag=direct 2>/dev/null | head -c 15)" = LABRESTART-DONE ]; then done_seen=yes; break; fi
+  done
+  t restart-io-end
+  echo "LAB-RESTART $BE guest runs=$runs failed=$failed write_lat_max_ms=$wmax read_lat_max_ms=$rmax"
+  if [ $failed = 0 ] && [ $done_seen = yes ] && [ $runs -ge 2 ]; then
+    check restart-fio ok "$runs fio runs, each 16 MiB written and verified, none failed; longest write $wmax ms, read $rmax ms"
+  else
+    check restart-fio FAIL "$failed of $runs fio runs failed; dom0's done marker seen: $done_seen"
+  fi
+  dmesg | tail -n +$((dmesg_lines + 1)) > /tmp/dmesg.new
+  sed "s/^/LAB-DMESG $BE /" /tmp/dmesg.new
+  bad=$(grep -E 'blkfront|I/O error|blk_update_request|Buffer I/O|blocked for more than' /tmp/dmesg.new)
+  if [ -z "$bad" ]; then
+    check restart-dmesg ok "$(wc -l < /tmp/dmesg.new) new kernel messages, none from blkfront, no I/O error or hung task"
+  else
+    check restart-dmesg FAIL "$(echo "$bad" | head -3 | tr '\n' ' ')"
+  fi
+  t LAB-DOMU-DONE
+  sync; poweroff -f
+fi
 if [ $MODE = faults ]; then
   # xvdc: a logical volume in dom0. xvdb: a device-mapper device dom0 switches to the
   # error target and back while we use it.
