@@ -183,6 +183,7 @@ let package = Package(
             "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenNetChecksum", "XenNetDevice", "XenRing", "XenPlatform", "XenSim",
             "XenStore", "XenStoreProtocol", "XenBusDriver", "XenBus", "XenBusClient", "XenToolstack", "XenProtocolTesting", "XenProcess", "XenSystem", "CXenNet",
         ]),
+        .testTarget(name: "XenPlatformTests", dependencies: ["XenPlatform", "XenSystem"]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "XenSystem", "XenDisk", "CXenUAPI"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenSystem", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenProtocolTesting"]),
