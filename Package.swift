@@ -162,7 +162,8 @@ let package = Package(
         ], path: "Sources/Dev/XenRingBenchmark"),
 
         // Tests: one target per module with logic; shared helpers in Tests/Support.
-        .target(name: "XenProtocolTesting", dependencies: ["XenProcess"], path: "Tests/Support/XenProtocolTesting"),
+        .target(name: "XenProtocolTesting", dependencies: ["XenProcess", "XenStore", "XenNetTestbed", "XenNetBackend", "XenNetFrontend", "XenSim", "XenPlatform"],
+                path: "Tests/Support/XenProtocolTesting"),
         .testTarget(name: "XenRingTests", dependencies: [
             "XenRing", "XenBlockProtocol", "XenRingBenchmark", "CXenRingReference", "XenProtocolTesting",
             .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
@@ -183,11 +184,32 @@ let package = Package(
             "XenNetBackend", "XenNetFrontend", "XenNetTestbed", "XenNetProtocol", "XenNetChecksum", "XenNetDevice", "XenRing", "XenPlatform", "XenSim",
             "XenStore", "XenStoreProtocol", "XenBusDriver", "XenBus", "XenBusClient", "XenToolstack", "XenProtocolTesting", "XenProcess", "XenSystem", "CXenNet",
         ]),
-        .testTarget(name: "XenPlatformTests", dependencies: ["XenPlatform", "XenSystem"]),
-        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "XenSystem", "XenDisk", "CXenUAPI"]),
+        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenPlatform", "XenSystem", "XenDisk", "CXenUAPI", "XenProtocolTesting"]),
         .testTarget(name: "XenSimTests", dependencies: ["XenSim", "XenPlatform", "XenRing", "XenBlockProtocol", "XenStore", "XenSystem", "XenProtocolTesting"]),
         .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenProtocolTesting"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenStoreCore", "XenProtocolTesting"]),
         .testTarget(name: "XenStoreProtocolTests", dependencies: ["XenStoreProtocol", "XenBus", "XenProtocolTesting"]),
+        .testTarget(name: "XenNetChecksumTests", dependencies: ["XenNetChecksum", "XenProtocolTesting"]),
+        .testTarget(name: "XenSystemTests", dependencies: ["XenSystem", "CXenShims", "XenProtocolTesting"]),
+        .testTarget(name: "XenPlatformTests", dependencies: ["XenPlatform", "XenSystem", "CXenShims", "XenProtocolTesting"]),
+        .testTarget(name: "XenBusClientTests", dependencies: ["XenBusClient", "XenBus", "XenStore", "XenSim", "XenPlatform"]),
+        .testTarget(name: "XenDiskTests", dependencies: ["XenDisk", "CXenShims", "XenProtocolTesting"]),
+        .testTarget(name: "XenNetDeviceTests", dependencies: [
+            "XenNetDevice", "XenNetChecksum", "XenPlatform", "CXenNet", "XenNetTestbed", "XenProtocolTesting",
+        ]),
+        .testTarget(name: "XenProcessTests", dependencies: ["XenProcess", "CXenShims", "XenProtocolTesting"]),
+        .testTarget(name: "XenBusDriverTests", dependencies: [
+            "XenBusDriver", "XenBusClient", "XenBus", "XenStore", "XenSim", "XenPlatform",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "XenBlockFrontendTests", dependencies: [
+            "XenBlockFrontend", "XenBlockTestbed", "XenBlockBackend", "XenBlockProtocol", "XenToolstack", "XenSim", "XenStore", "XenBus",
+            "XenBusClient", "XenPlatform", "XenRing", "XenProtocolTesting",
+        ]),
+        .testTarget(name: "XenNetFrontendTests", dependencies: [
+            "XenNetFrontend", "XenNetTestbed", "XenNetBackend", "XenNetDevice", "XenNetChecksum", "XenNetProtocol", "XenToolstack", "XenSim",
+            "XenStore", "XenBus", "XenBusClient", "XenPlatform", "XenProtocolTesting",
+        ]),
+        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenStore", "XenSim", "XenBus", "XenPlatform", "XenProtocolTesting"]),
     ]
 )

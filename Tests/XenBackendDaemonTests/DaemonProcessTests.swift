@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CXenShims
 import Testing
 import XenBlockFrontend
 import XenPlatform
@@ -147,58 +146,6 @@ func contents(of path: String) -> [UInt8] {
         if geteuid() == 0 {
             #expect(output.contains("ping 10.79.0.1: 3/3 replies") && output.contains("stream: ") && output.contains(" 3 received"),
                     "the NIC: the guest pinged and streamed to the peer, the peer pinged the guest:\n\(output)")
-        }
-    }
-}
-
-@Suite struct ParentLifelineTests {
-    /// SIGKILL to `xenback demo` (as a crashed test runner would die): the
-    /// sim, xenbackd and the guest's frontends it started stop too, through
-    /// their lifelines, instead of running on as orphans.
-    @Test func aKilledDemoTakesItsProcessesWithIt() async throws {
-        let xenback = try #require(builtProduct("xenback"))
-        let dir = "/tmp/xenback-lifeline-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        mkdir(dir, 0o755)
-        defer { _ = runShell("rm -rf \(dir)") }
-        let demo = try Child([xenback, "demo", "--seconds", "600", "--directory", dir])
-        // The demo prints each process it starts, then the table header.
-        let lines = try await offThePool { () -> [String] in
-            var lines: [String] = []
-            while let line = demo.line() {
-                lines.append(line)
-                if line.hasPrefix("device") { break }
-            }
-            return lines
-        }
-        var namespace: String?
-        if let nic = lines.first(where: { $0.contains("(namespace ") }),
-           let start = nic.range(of: "(namespace ")?.upperBound, let end = nic[start...].firstIndex(of: ")") {
-            namespace = String(nic[start..<end])
-        }
-        defer {
-            if let namespace { _ = runShell("ip netns del \(namespace); ip netns del xbp-\(namespace.dropFirst(4))") }
-        }
-        try #require(lines.last?.hasPrefix("device") == true, "the demo started everything:\n\(lines.joined(separator: "\n"))")
-        let pids = lines.compactMap { line -> Int32? in
-            guard let range = line.range(of: " pid ") else { return nil }
-            return Int32(line[range.upperBound...].prefix { $0.isNumber })
-        }
-        #expect(pids.count >= 3, "sim, xenbackd and a frontend at least:\n\(lines.joined(separator: "\n"))")
-        let pidfds = pids.map { CXenShims_pidfd_open($0) }
-        defer { pidfds.forEach { if $0 >= 0 { close($0) } } }
-        #expect(pidfds.allSatisfy { $0 >= 0 }, "every child was running when the demo was killed")
-
-        demo.signal(SIGKILL)
-        #expect(demo.wait() == 128 + SIGKILL)
-        // Each must exit: a pidfd turns readable then. The 30 s bound is only
-        // a failure deadline (SIGTERM plus a 10 s grace at most).
-        for (pid, fd) in zip(pids, pidfds) where fd >= 0 {
-            let exited = try await offThePool { () -> Bool in
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                return poll(&p, 1, 30_000) == 1
-            }
-            #expect(exited, "pid \(pid) outlived the demo that started it")
-            if !exited { kill(pid, SIGKILL) }
         }
     }
 }

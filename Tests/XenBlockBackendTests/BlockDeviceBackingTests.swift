@@ -11,38 +11,6 @@ import XenSim
 import XenStore
 import XenToolstack
 
-/// Runs a command, throwing with its output when it fails.
-@discardableResult
-func run(_ command: String) throws -> String {
-    let (status, output) = runShell(command + " 2>&1")
-    guard status == 0 else { throw CommandFailed(command: command, output: output) }
-    return output.trimmingCharacters(in: " \n")
-}
-
-struct CommandFailed: Error, CustomStringConvertible {
-    var command: String, output: String
-    var description: String { "\(command) failed: \(output)" }
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let c = s.first, set.contains(c) { s = s.dropFirst() }
-        while let c = s.last, set.contains(c) { s = s.dropLast() }
-        return String(s)
-    }
-}
-
-enum BlockDevices {
-    static var loopAvailable: Bool { getuid() == 0 && access("/dev/loop-control", F_OK) == 0 && access("/sbin/losetup", X_OK) == 0 }
-    /// device-mapper in the running kernel and lvm2 installed (this CI kernel has no device-mapper).
-    static var lvmAvailable: Bool {
-        loopAvailable && access("/sbin/lvcreate", X_OK) == 0 && runShell("dmsetup version 2>&1 | grep -q 'Driver version'").0 == 0
-    }
-    /// lvm without udev (containers, CI) and only our loop devices.
-    static let lvmConfig = "--config 'devices { filter = [ \"a|^/dev/loop|\", \"r|.*|\" ] } activation { udev_sync = 0 udev_rules = 0 }'"
-}
-
 /// Serves `path` as a disk and runs `body` with a connected frontend.
 func withServedDisk(_ path: String, _ body: (BlockFrontend<BlockRingX86_64>, BlockBackendDevice<SimPlatform>) throws -> Void) async throws {
     let host = try await SimHost(guestPages: 512, grantEntries: 1024)
@@ -72,7 +40,7 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
     @Test(.enabled(if: BlockDevices.loopAvailable, "needs root and loop devices"), arguments: [512, 4096])
     func loopDevice(sectorSize: Int) async throws {
         let image = TempDisk(megabytes: 16)
-        let loop = try run("losetup --find --show --sector-size \(sectorSize) \(image.path)")
+        let loop = try runCommand("losetup --find --show --sector-size \(sectorSize) \(image.path)")
         defer { _ = runShell("losetup -d \(loop)") }
         try await withServedDisk(loop) { front, _ in
             #expect(front.disk.sectorSize == sectorSize && front.disk.sectors == 16 * 2048)
@@ -103,15 +71,15 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
     @Test(.enabled(if: BlockDevices.lvmAvailable, "needs device-mapper in the kernel and lvm2"))
     func lvmLogicalVolume() async throws {
         let image = TempDisk(megabytes: 64)
-        let loop = try run("losetup --find --show \(image.path)")
+        let loop = try runCommand("losetup --find --show \(image.path)")
         let vg = "xenbacktest\(getpid())"
         let c = BlockDevices.lvmConfig
         defer {
             _ = runShell("lvremove -q -y \(c) \(vg) ; vgremove -q -y \(c) \(vg) ; pvremove -q -y \(c) \(loop) ; losetup -d \(loop)")
         }
-        try run("pvcreate -q \(c) \(loop)")
-        try run("vgcreate -q \(c) \(vg) \(loop)")
-        try run("lvcreate -q -y \(c) -L 16M -n disk0 \(vg)")
+        try runCommand("pvcreate -q \(c) \(loop)")
+        try runCommand("vgcreate -q \(c) \(vg) \(loop)")
+        try runCommand("lvcreate -q -y \(c) -L 16M -n disk0 \(vg)")
         let lv = "/dev/\(vg)/disk0"
         try await withServedDisk(lv) { front, _ in
             #expect(front.disk.sectors == 16 * 2048)
@@ -145,7 +113,7 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
     func fullFileSystemFailsOnlyTheWritesThatNeedSpace() async throws {
         var template = Array("/tmp/xenback-full-XXXXXX".utf8CString)
         let dir = String(cString: mkdtemp(&template))
-        try run("mount -t tmpfs -o size=256k xenback-full \(dir)")
+        try runCommand("mount -t tmpfs -o size=256k xenback-full \(dir)")
         defer { _ = runShell("umount \(dir); rmdir \(dir)") }
         let path = dir + "/disk.img"
         let fd = open(path, O_CREAT | O_RDWR, 0o600)
@@ -170,7 +138,7 @@ func readDevice(_ path: String, offset: Int, count: Int) -> [UInt8] {
             #expect(device.statistics[.errors] == UInt64(refused.count))
             // The fault clears (the file system grows): the refused writes now
             // succeed, and every block written reads back.
-            try run("mount -o remount,size=16m \(dir)")
+            try runCommand("mount -o remount,size=16m \(dir)")
             for i in refused {
                 #expect(try q.write(sector: 1024 + UInt64(i) * 32, pattern(16384, seed: i)) == .okay, "write \(i) after the space came back")
             }

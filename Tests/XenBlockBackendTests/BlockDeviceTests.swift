@@ -23,10 +23,6 @@ extension SimBlockHost {
     var hv: SimHypervisor { hypervisor }
 }
 
-func pattern(_ count: Int, seed: Int) -> [UInt8] {
-    (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 131) ^ ($0 >> 9) &+ seed) }
-}
-
 @Suite struct BlockDeviceTests {
     /// Frontend → rings → backend → file, and file → backend → frontend, with
     /// every negotiated shape: both ABIs, multi-page rings, several queues,

@@ -2,14 +2,12 @@ import CXenUAPI
 import Synchronization
 import Testing
 import XenPlatform
+import XenProtocolTesting
 @testable import XenHost
 #if canImport(Glibc)
 import Glibc
 import XenSystem
 #endif
-
-func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
 /// The kernel's ioctl numbers, computed by hand from _IOC(NONE, type, nr, size).
 @Suite struct UAPIConstantsTests {
@@ -255,12 +253,8 @@ func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array(
         }
     }
 
-    @Test func platformChoice() {
-        #expect(PlatformKind.auto.resolved(xenDevicesPresent: true) == .host)
-        #expect(PlatformKind.auto.resolved(xenDevicesPresent: false) == .sim)
-        #expect(PlatformKind.sim.resolved(xenDevicesPresent: true) == .sim, "a flag overrides detection")
-        #expect(PlatformKind.host.resolved(xenDevicesPresent: false) == .host)
+    /// (How `auto` chooses between host and sim is XenPlatformTests' PlatformKindTests.)
+    @Test func availableWhereTheXenDevicesAre() {
         #expect(HostPlatform.isAvailable == (access("/dev/xen/gntdev", F_OK) == 0 && access("/dev/xen/evtchn", F_OK) == 0))
-        #expect(PlatformKind(rawValue: "kvm") == nil)
     }
 }

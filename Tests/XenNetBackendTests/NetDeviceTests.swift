@@ -17,35 +17,6 @@ import XenNetDevice
 import XenBusClient
 import XenBus
 
-let guestMAC: [UInt8] = [0x00, 0x16, 0x3E, 0x12, 0x34, 0x56]
-
-/// A sim host, a private network, a VIF on its bridge and a connected
-/// frontend; torn down in order after `body`.
-func withVIF(options: NetFrontendOptions = NetFrontendOptions(), configuration: NetBackendConfiguration? = nil,
-             backendKeys: [String: String] = [:], frontendKeys: [String: String] = [:],
-             _ body: @escaping @Sendable (SimNetHost, NetworkLab, NetBackendDevice<SimPlatform>, NetFrontend) async throws -> Void) async throws {
-    let lab = try NetworkLab()
-    defer { lab.destroy() }
-    let host = try await SimNetHost()
-    var configuration = configuration ?? NetBackendConfiguration(maximumQueues: 4)
-    configuration.namespace = lab.namespace
-    let nic = try await host.attachNIC(mac: guestMAC, bridge: lab.bridge, extraBackendKeys: backendKeys, extraFrontendKeys: frontendKeys)
-    let (device, task) = host.startBackend(nic, configuration: configuration)
-    do {
-        let front = try await host.connect(nic, options: options)
-        try await body(host, lab, device, front)
-        #expect(try await front.close(), "every grant revocable after close")
-    } catch {
-        task.cancel()
-        _ = try? await task.value
-        await host.shutdown()
-        throw error
-    }
-    try await nic.setOffline(xenstore: host.backendStore)
-    try await task.value
-    await host.shutdown()
-}
-
 /// Frames as the peer's veth receives them, read with a packet socket in the
 /// peer namespace (a capture on the far side of the bridge).
 final class PeerCapture: @unchecked Sendable {

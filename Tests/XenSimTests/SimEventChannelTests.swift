@@ -85,36 +85,3 @@ import XenPlatform
         #expect(guestEvents.wait(timeoutMilliseconds: 1000), "the guest is notified")
     }
 }
-
-@Suite struct SpuriousEventThrottleTests {
-    /// One spurious wake is the ordinary race and costs nothing; from the
-    /// second in a row the hold doubles from 1 ms to at most 1 s; a wake with
-    /// work starts over.
-    @Test func holdsDoubleToOneSecondAndWorkStartsOver() {
-        var throttle = SpuriousEventThrottle()
-        var now = 1_000_000_000
-        let first = throttle.recordWake(foundWork: false, now: now)
-        #expect(first, "the first spurious wake unmasks at once")
-        var holds: [Int32] = []
-        for _ in 0..<14 {
-            let unmaskNow = throttle.recordWake(foundWork: false, now: now)
-            #expect(!unmaskNow)
-            let hold = throttle.millisecondsUntilUnmask(now: now) ?? -1
-            holds.append(hold)
-            let early = throttle.holdExpired(now: now + Int(hold) * 1_000_000 - 1)
-            #expect(!early, "not before the hold ends")
-            now += Int(hold) * 1_000_000
-            let due = throttle.holdExpired(now: now)
-            #expect(due)
-            #expect(throttle.millisecondsUntilUnmask(now: now) == nil)
-        }
-        #expect(holds == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000, 1000])
-        let withWork = throttle.recordWake(foundWork: true, now: now)
-        #expect(withWork, "work unmasks at once")
-        let afterWork = throttle.recordWake(foundWork: false, now: now)
-        #expect(afterWork, "and the count starts over")
-        let second = throttle.recordWake(foundWork: false, now: now)
-        #expect(!second)
-        #expect(throttle.millisecondsUntilUnmask(now: now) == 1)
-    }
-}
