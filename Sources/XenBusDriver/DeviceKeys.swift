@@ -7,6 +7,14 @@ public protocol XenbusKeyError: Error {
     static func badKey(path: String, value: String?, why: String) -> Self
 }
 
+extension XenbusKeyError {
+    /// How a bad key reads in the log and in `hotplug-error`: the full
+    /// path, the value found (or that there was none), and why.
+    public static func describeBadKey(path: String, value: String?, why: String) -> String {
+        value.map { "\(path) = \"\($0)\": \(why)" } ?? "\(path) is missing: \(why)"
+    }
+}
+
 /// One device's keys: the toolstack's in the backend directory, the
 /// frontend's in its own. A value that cannot be used is thrown as
 /// `Failure.badKey`, naming the full path and the value found.

@@ -78,8 +78,7 @@ public enum NetDeviceError: Error, Equatable, Sendable, CustomStringConvertible 
 
     public var description: String {
         switch self {
-        case .badKey(let path, let value, let why):
-            value.map { "\(path) = \"\($0)\": \(why)" } ?? "\(path) is missing: \(why)"
+        case .badKey(let path, let value, let why): Self.describeBadKey(path: path, value: value, why: why)
         case .configuration(let why): "configuration: \(why)"
         case .host(let e): "\(e)"
         case .backend(let e): "\(e)"

@@ -13,9 +13,8 @@ public struct OwnedEventPort<Events: EventChannelDevice>: ~Copyable {
 
     /// Unbinds now; later calls do nothing.
     public mutating func release() {
-        guard isBound else { return }
+        if isBound { try? device.unbind(port) }
         isBound = false
-        try? device.unbind(port)
     }
 
     deinit {

@@ -18,23 +18,12 @@ struct BlockLimitBenchCommand: AsyncParsableCommand {
         neighbour's IOPS beside it over its IOPS alone. The last line is JSON.
         """)
 
-    @Option(help: "The limited disk's limit-iops.")
-    var limitIops: Int = 2000
-
-    @Option(help: "Pattern for both disks: read, write, randread, randwrite.")
-    var rw: BlockPattern = .randread
-
-    @Option(help: "Requests in flight per disk (1...256).")
-    var iodepth: Int = 16
-
-    @Option(help: "Region of each file (and its size when created).")
-    var size: String = "256M"
-
-    @Option(help: "Seconds per run.")
-    var runtime: Int = 5
-
-    @Option(help: "Rounds; medians are reported.")
-    var rounds: Int = 3
+    @Option(help: "The limited disk's limit-iops.") var limitIops: Int = 2000
+    @Option(help: "Pattern for both disks: read, write, randread, randwrite.") var rw: BlockPattern = .randread
+    @Option(help: "Requests in flight per disk (1...256).") var iodepth: Int = 16
+    @Option(help: "Region of each file (and its size when created).") var size: String = "256M"
+    @Option(help: "Seconds per run.") var runtime: Int = 5
+    @Option(help: "Rounds; medians are reported.") var rounds: Int = 3
 
     var regionBytes: UInt64 { parseSize(size) ?? 0 }
 
