@@ -151,9 +151,7 @@ struct XenbackdCommand: AsyncParsableCommand {
         }
         let blockConfiguration = try blockConfiguration(file)
         let netConfiguration = try netConfiguration(file)
-        if let directory = blockConfiguration.stateDirectory, mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw ValidationError("--state-dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
-        }
+
         let metricsFile = self.metricsFile ?? file.metrics?.file
         let logger = Logger(label: "xenbackd")
         let registry = PrometheusCollectorRegistry()
@@ -225,6 +223,11 @@ struct XenbackdCommand: AsyncParsableCommand {
     }
 
     func serve<P: XenPlatform>(_ daemon: BackendDaemon<P>, readyLine: String, logger: Logger) async throws {
+        // Made once the platform answered (a daemon that cannot reach it
+        // leaves nothing behind).
+        if let directory = stateDirectory, mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw ValidationError("--state-dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
+        }
         let group = ServiceGroup(configuration: .init(services: [.init(service: daemon)],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         // SIGHUP: read the file again; a bad file is logged and the old settings stay.

@@ -394,6 +394,23 @@ extension DaemonTakeOverTests {
     }
 }
 
+extension DaemonTakeOverTests {
+    /// A state directory that cannot be made is refused by name, once the
+    /// platform answered; a daemon that cannot reach the platform leaves
+    /// no directory behind.
+    @Test func aStateDirectoryThatCannotBeMadeIsNamed() async throws {
+        let host = try await SimProcesses()
+        let xenbackd = host.xenbackd, sim = host.simSocket
+        let (status, output) = try await offThePool { runShell("\(xenbackd) --platform sim --sim-socket \(sim) --state-dir /proc/xenback-records 2>&1") }
+        #expect(status != 0 && output.contains("--state-dir /proc/xenback-records: cannot create it"), "\(output)")
+        let unreachable = "/tmp/xenback-nosim-\(getpid())/sim.sock"
+        let (missing, _) = try await offThePool { runShell("\(xenbackd) --platform sim --sim-socket \(unreachable) 2>&1") }
+        #expect(missing != 0 && access(unreachable + ".state", F_OK) != 0)
+        #expect(host.stopDaemon() == 0)
+        await host.shutdown()
+    }
+}
+
 /// Directory listing without Foundation.
 enum FileManagerless {
     static func list(_ path: String) throws -> [String] {
