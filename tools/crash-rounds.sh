@@ -11,20 +11,8 @@
 # acknowledged, flushed block was lost and every check passed.
 set -euo pipefail
 rounds=${1:-20}
-top=$(cd "$(dirname "$0")/.." && pwd)
-B=$top/.build/${BUILD:-debug}
-D=$(mktemp -d)
-cleanup() { kill -9 ${GUEST:-} ${DAEMON:-} 2>/dev/null || true; kill -TERM ${SIM:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-waitfor() {  # file pattern seconds: waits for a line (no fixed sleeps: a line is the signal)
-  local n=$(( $3 * 10 )); while ! grep -q "$2" "$1" 2>/dev/null; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.1; done
-}
-$B/xenback sim serve --socket $D/sim.sock --xenstore-socket $D/xs.sock --log-level warning > $D/sim.out 2> $D/sim.log &
-SIM=$!; waitfor $D/sim.out '^ready' 20
-start_daemon() { $B/xenbackd --platform sim --sim-socket $D/sim.sock --state-dir none --log-level warning > $D/d.out 2>> $D/d.log & DAEMON=$!; waitfor $D/d.out '^ready' 20; }
-start_daemon
-truncate -s 256M $D/disk.img
-$B/xenback guest create --sim $D/sim.sock --name crash --disk $D/disk.img --no-frontends > /dev/null
+DAEMON_ARGS="--state-dir none --log-level warning"
+. "$(dirname "$0")/sim-soak-rig.sh"
 $B/xenback front blk --sim $D/sim.sock --domain 1 --soak 100000 --iodepth 8 > $D/guest.out 2>&1 &
 GUEST=$!
 waitfor $D/guest.out '^progress' 60

@@ -16,20 +16,8 @@ set -euo pipefail
 rounds=${1:-20}
 signal=${2:-KILL}
 case $signal in KILL|TERM) ;; *) echo "signal must be KILL or TERM, got $signal" >&2; exit 2 ;; esac
-top=$(cd "$(dirname "$0")/.." && pwd)
-B=$top/.build/${BUILD:-debug}
-D=$(mktemp -d)
-cleanup() { kill -9 ${GUEST:-} ${DAEMON:-} 2>/dev/null || true; kill -TERM ${SIM:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-waitfor() {  # file pattern seconds: waits for a line (no fixed sleeps: a line is the signal)
-  local n=$(( $3 * 10 )); while ! grep -q "$2" "$1" 2>/dev/null; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.1; done
-}
-$B/xenback sim serve --socket $D/sim.sock --xenstore-socket $D/xs.sock --log-level warning > $D/sim.out 2> $D/sim.log &
-SIM=$!; waitfor $D/sim.out '^ready' 20
-start_daemon() { $B/xenbackd --platform sim --sim-socket $D/sim.sock --log-level info > $D/d.out 2>> $D/d.log & DAEMON=$!; waitfor $D/d.out '^ready' 20; }
-start_daemon
-truncate -s 256M $D/disk.img
-$B/xenback guest create --sim $D/sim.sock --name restart --disk $D/disk.img --no-frontends > /dev/null
+DAEMON_ARGS="--log-level info"
+. "$(dirname "$0")/sim-soak-rig.sh"
 $B/xenback front blk --sim $D/sim.sock --domain 1 --soak 100000 --iodepth 8 --never-reconnect > $D/guest.out 2>&1 &
 GUEST=$!
 waitfor $D/guest.out '^progress' 60
@@ -47,7 +35,6 @@ for r in $(seq 1 $rounds); do
   line=$(grep '^progress' $D/guest.out | tail -1)
   pause=$(echo "$line" | sed -n 's/.*pause_ms=\([0-9]*\).*/\1/p')
   pauses+=("${pause:-0}")
-  resumed=$(grep -c 'resumed the connection' $D/d.log || true)
   echo "round $r: pause ${pause:-?} ms; $line"
 done
 kill -TERM $GUEST; wait $GUEST && guest_rc=0 || guest_rc=$?

@@ -38,7 +38,7 @@ public enum BlockRingRecordError: Error, Equatable, Sendable, CustomStringConver
 /// slot count, slot size, the ring's identity (frontend, ABI, grant refs,
 /// port) — then one 128-byte slot per ring entry: state, ring index,
 /// response index, checksum, the request's 112 bytes. The state word is
-/// stored last, with release ordering; a checksum over the rest detects a
+/// stored last, with release ordering; a checksum over the ring index and the request detects a
 /// torn slot.
 public final class BlockRingRecord: @unchecked Sendable {  // written by its ring's worker only; the device just deletes the file once the worker stopped
     public let path: String
@@ -133,10 +133,13 @@ public final class BlockRingRecord: @unchecked Sendable {  // written by its rin
         UnsafeMutablePointer((slot(i)).assumingMemoryBound(to: Atomic<UInt32>.self)).pointee.load(ordering: .acquiring)
     }
 
+    /// Over the ring index and the request: what a torn copy would garble.
+    /// The response index is one aligned word stored before the state word
+    /// that makes it count, so it needs no checksum.
     private func checksum(_ i: Int) -> UInt32 {
         let s = slot(i)
         var hash: UInt32 = 0x811c_9dc5
-        for offset in stride(from: 4, to: Self.slotBytes, by: 4) where offset != 12 {
+        for offset in stride(from: 4, to: Self.slotBytes, by: 4) where offset != 8 && offset != 12 {
             hash = (hash ^ s.load(fromByteOffset: offset, as: UInt32.self)) &* 0x0100_0193
         }
         return hash
@@ -155,7 +158,6 @@ public final class BlockRingRecord: @unchecked Sendable {  // written by its rin
         let i = Int(freeSlots[freeCount])
         let s = slot(i)
         s.storeBytes(of: ringIndex.rawValue, toByteOffset: 4, as: UInt32.self)
-        s.storeBytes(of: 0, toByteOffset: 8, as: UInt32.self)
         request.store(to: s + 16)
         s.storeBytes(of: checksum(i), toByteOffset: 12, as: UInt32.self)
         setState(i, .taken)
@@ -167,7 +169,6 @@ public final class BlockRingRecord: @unchecked Sendable {  // written by its rin
     public func recordAnswered(_ i: Int, responseIndex: RingIndex) {
         let s = slot(i)
         s.storeBytes(of: responseIndex.rawValue, toByteOffset: 8, as: UInt32.self)
-        s.storeBytes(of: checksum(i), toByteOffset: 12, as: UInt32.self)
         setState(i, .answered)
     }
 

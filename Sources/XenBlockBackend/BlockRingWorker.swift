@@ -143,8 +143,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
             let memory = try SharedRingMemory(base: ringMapping.base, pageCount: ringRefs.count)
             if resuming, let record {
                 // A previous backend served this ring: go on where it stopped.
-                owedAtResume = record.owed(published: BackRing<Layout>.publishedResponses(in: memory))
-                ring = try BackRing(resuming: memory, inFlight: UInt32(owedAtResume.count))
+                // rsp_prod read once: the guest could move it between two reads.
+                let published = BackRing<Layout>.publishedResponses(in: memory)
+                owedAtResume = record.owed(published: published)
+                ring = try BackRing(resuming: memory, published: published, inFlight: UInt32(owedAtResume.count))
             } else {
                 ring = try BackRing(attaching: memory)
             }
@@ -368,7 +370,10 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
         let producer = try ring.readRequestProducer()
         // Bounded by the ring size: each request takes a slot or is answered
         // at once, and the producer was checked against the ring size.
-        while canTakeRequests, admittedByLimit(before: producer), let request = ring.nextRequest(before: producer) {
+        // Looked at once a pass: an unlimited disk pays one relaxed load here.
+        let limit = limiter.flatMap { $0.isActive ? $0 : nil }
+        while canTakeRequests, limit.map({ admitted(by: $0, before: producer) }) ?? true,
+              let request = ring.nextRequest(before: producer) {
             taken += 1
             // Recorded before anything is done about it.
             let recordSlot = record?.recordTaken(request, ringIndex: RingIndex(ring.requestConsumer.rawValue &- 1)) ?? -1
@@ -392,8 +397,8 @@ where Layout.Request == BlockRequest, Layout.Response == BlockResponse {
     /// `limitedUntil`. Looks at a copy of the request, not the shared slot;
     /// the guest may change the slot before it is taken, which moves only
     /// the limit's estimate of its cost, never the I/O.
-    private func admittedByLimit(before producer: RingIndex) -> Bool {
-        guard let limiter, limiter.isActive, let next = ring.peekRequest(before: producer) else { return true }
+    private func admitted(by limiter: BlockIOLimiter, before producer: RingIndex) -> Bool {
+        guard let next = ring.peekRequest(before: producer) else { return true }
         let now = monotonicNanoseconds()
         guard let wait = limiter.admit(bytes: BlockIOLimiter.cost(of: next), now: now) else { return true }
         limitedUntil = now + wait

@@ -43,15 +43,16 @@ public struct BackRing<Layout: RingLayout>: ~Copyable {
     }
 
     /// Attaches to a live ring a previous backend served, as it left it:
-    /// `rsp_prod` read from the page (what the frontend has been told) and
-    /// `inFlight` requests consumed but not answered there. Throws if the
-    /// page's indices cannot be where a ring with that many requests in
-    /// flight stands (the record does not belong to this ring).
-    public init(resuming memory: SharedRingMemory, inFlight: UInt32) throws(RingError) {
+    /// `published` is the `rsp_prod` the caller read from the page (once:
+    /// the guest can write it too, and the record's owed requests were
+    /// judged against that one value), `inFlight` the requests consumed but
+    /// not answered there. Throws if the page's indices cannot be where a
+    /// ring with that many requests in flight stands (the record does not
+    /// belong to this ring).
+    public init(resuming memory: SharedRingMemory, published: RingIndex, inFlight: UInt32) throws(RingError) {
         let size = try Layout.checkGeometry(memory)
         // Acquiring: the frontend's requests up to req_prod are read after this.
-        // SAFETY: the header words of the borrowed mapping; read once each.
-        let published = RingIndex(memory.index(at: SharedRingMemory.responseProducerOffset).pointee.load(ordering: .acquiring))
+        // SAFETY: a header word of the borrowed mapping, read once.
         let producer = RingIndex(memory.index(at: SharedRingMemory.requestProducerOffset).pointee.load(ordering: .acquiring))
         let consumer = published &+ inFlight
         // Consumed requests were published: req_prod is at least req_cons and

@@ -239,19 +239,10 @@ func contents(of path: String) -> [UInt8] {
 
 /// Waits on a watch (30 s at most) until `path` reads `value`.
 func awaitKey(_ xenstore: XenStoreClient, _ path: String, equals value: String) async throws -> Bool {
-    let watch = try await xenstore.watch(path)
-    defer { Task { try? await xenstore.unwatch(path, token: watch.token) } }
-    return try await withThrowingTaskGroup(of: Bool.self) { group in
-        group.addTask {
-            for await _ in watch.events where try await xenstore.readIfPresent(path) == value { return true }
-            return false
-        }
-        group.addTask {
-            try await Task.sleep(for: .seconds(30))  // a bound, not synchronisation
-            return false
-        }
-        defer { group.cancelAll() }
-        return try await group.next() ?? false
+    do {
+        return try await awaitXenstoreValue(xenstore, path, "\(path) = \(value)") { $0 == value } == value
+    } catch is XenbusWaitTimeout {
+        return false
     }
 }
 
